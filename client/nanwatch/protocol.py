@@ -217,9 +217,7 @@ def check_run_id(run_id: str) -> str:
 
 # --------------------------------------------------------------------------- messages
 
-_RUN_KEYS: Final = frozenset(
-    {"protocol", "name", "team", "framework", "dtype_policy", "layers", "halt_on", "meta"}
-)
+_RUN_KEYS: Final = frozenset({"protocol", "name", "team", "framework", "dtype_policy", "layers", "halt_on", "meta"})
 _LAYER_KEYS: Final = frozenset({"name", "kind", "activation", "params"})
 _BATCH_KEYS: Final = frozenset({"protocol", "attempt", "records", "acks", "dropped", "final"})
 _RECORD_KEYS: Final = frozenset({"step", "skipped", "layers", *SCALAR_FIELDS})
@@ -245,7 +243,9 @@ def decode_run(obj: Any) -> dict[str, Any]:
     policy = obj.get("dtype_policy")
     run["dtype_policy"] = "float32" if policy is None else _choice(policy, "dtype_policy", DTYPE_POLICIES)
     run["halt_on"] = _choice(obj.get("halt_on", "critical"), "halt_on", HALT_POLICIES)
-    run["layers"] = [_decode_layer(v, f"layers[{i}]") for i, v in enumerate(_list(obj.get("layers", []), "layers", MAX_LAYERS))]
+    run["layers"] = [
+        _decode_layer(v, f"layers[{i}]") for i, v in enumerate(_list(obj.get("layers", []), "layers", MAX_LAYERS))
+    ]
     meta = _mapping(obj.get("meta", {}), "meta")
     run["meta"] = {_str(k, "meta", 64): _str(v, f"meta.{k}", 1024) for k, v in meta.items()}
     return run

@@ -1,0 +1,39 @@
+"""``/v1/runs/{run_id}/events``: the findings, one per episode of a condition."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from nanwatch_service.api.codec import respond
+from nanwatch_service.api.deps import EngineDep, RunId
+
+router = APIRouter(prefix="/v1/runs/{run_id}/events", tags=["events"])
+
+
+@router.get("")
+async def list_events(
+    run_id: RunId,
+    request: Request,
+    engine: EngineDep,
+    state: Literal["open", "closed"] | None = None,
+    severity: Literal["info", "warning", "critical"] | None = None,
+    detector: Annotated[str | None, Query(max_length=64)] = None,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Response:
+    """Each event: step, detector, severity, layer, value, threshold, message, remedy, forecast
+    (``steps_to_nonfinite``), and the episode's ``first_step``/``last_step``/``end_step``."""
+    await run_in_threadpool(engine.run_view, run_id)  # 404 for an unknown run
+    events = await run_in_threadpool(
+        engine.store.list_events,
+        run_id,
+        state=state,
+        severity=severity,
+        detector=detector,
+        after_id=after_id,
+        limit=limit,
+    )
+    return respond(request, {"run_id": run_id, "events": events})

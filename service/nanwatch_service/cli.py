@@ -1,0 +1,173 @@
+"""The ``nanwatch`` command: serve the service, and ask a running one about runs, events and halts.
+
+Every option also reads a ``NANWATCH_*`` environment variable (``--port`` ↔ ``NANWATCH_PORT``,
+``--url`` ↔ ``NANWATCH_URL``, ``--token`` ↔ ``NANWATCH_TOKEN``...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from nanwatch import protocol
+from nanwatch_service.settings import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    environ = os.environ if environ is None else environ
+    args = _parser(environ).parse_args(argv)
+    command: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.func
+    try:
+        return command(args, environ)
+    except CliError as exc:
+        print(f"nanwatch: {exc}", file=sys.stderr)
+        return 1
+
+
+class CliError(RuntimeError):
+    """A command failed in a way the user can fix; the message says how."""
+
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    settings = Settings.from_env(environ)
+    parser = argparse.ArgumentParser(prog="nanwatch", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--host", default=settings.host)
+    serve.add_argument("--port", type=int, default=settings.port)
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--db", default=settings.db, help="SQLite file (default %(default)s)")
+    where.add_argument("--database-url", default=settings.database_url, help="postgresql://... for replicas")
+    serve.add_argument("--log-level", default=environ.get("NANWATCH_LOG_LEVEL", "info"))
+    serve.set_defaults(func=_serve)
+    for name, func, help_text in (
+        ("runs", _runs, "list runs"),
+        ("events", _events, "list a run's findings"),
+        ("halt", _halt, "halt a run at its next batch end"),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--url", default=environ.get("NANWATCH_URL", DEFAULT_URL))
+        command.add_argument("--token", default=environ.get("NANWATCH_TOKEN"))
+        command.add_argument("--json", action="store_true", help="print the service's JSON")
+        command.set_defaults(func=func)
+        if name != "runs":
+            command.add_argument("run_id", metavar="RUN")
+    runs = sub.choices["runs"]
+    runs.add_argument("--status", choices=("running", "halted", "finished", "stale"))
+    runs.add_argument("--team")
+    sub.choices["halt"].add_argument("--reason", required=True)
+    return parser
+
+
+def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import uvicorn
+
+    from nanwatch_service.app import create_app
+
+    settings = Settings.from_env(environ, host=args.host, port=args.port, db=args.db, database_url=args.database_url)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+def _runs(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    query = {k: v for k, v in (("status", args.status), ("team", args.team)) if v}
+    reply = _request(args, "GET", "/v1/runs" + (f"?{urllib.parse.urlencode(query)}" if query else ""))
+    if args.json:
+        return _print_json(reply)
+    rows = [
+        (r["run_id"], r["status"], r["health"], _show(r["last_step"]), _show(r["steps_to_nonfinite"]), r["team"] or "")
+        for r in reply["runs"]
+    ]
+    _table(("RUN", "STATUS", "HEALTH", "STEP", "STEPS_TO_NONFINITE", "TEAM"), rows)
+    return 0
+
+
+def _events(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    reply = _request(args, "GET", f"/v1/runs/{_quote(args.run_id)}/events")
+    if args.json:
+        return _print_json(reply)
+    rows = [
+        (
+            _show(e["first_step"]),
+            e["detector"],
+            e["severity"],
+            e["layer"] or "-",
+            e["state"],
+            _show(e.get("steps_to_nonfinite")),
+            f"{e['message']} Fix: {e['remedy']}",
+        )
+        for e in reply["events"]
+    ]
+    _table(("STEP", "DETECTOR", "SEVERITY", "LAYER", "STATE", "FORECAST", "FINDING"), rows)
+    return 0
+
+
+def _halt(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    reply = _request(args, "POST", f"/v1/runs/{_quote(args.run_id)}/halt", {"reason": args.reason})
+    if args.json:
+        return _print_json(reply)
+    command = reply["command"]
+    state = "queued" if reply["created"] else "already in force"
+    print(f"halt {command['id']} for run {args.run_id} {state}: stops at step >= {command['at_step']}")
+    return 0
+
+
+def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    headers = {"Accept": protocol.JSON}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    data = None if body is None else protocol.dumps(body, protocol.JSON)
+    if data is not None:
+        headers["Content-Type"] = protocol.JSON
+    request = urllib.request.Request(args.url.rstrip("/") + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise CliError(f"{method} {path} → {exc.code}: {exc.read().decode(errors='replace')}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(
+            f"cannot reach the service at {args.url} ({exc}); start it with `nanwatch serve`"
+            " or set --url / NANWATCH_URL"
+        ) from None
+
+
+def _quote(run_id: str) -> str:
+    return urllib.parse.quote(run_id, safe="")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return "inf" if value == "Infinity" else value  # non-finite floats arrive as strings in JSON
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, str(row[-1])]))
+
+
+def _print_json(reply: Any) -> int:
+    print(json.dumps(reply, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""A replica's in-memory view of one run: detector state, open episodes, and the latest values.
+
+This is a cache. The store holds the truth; a replica that meets a run for the first time rebuilds its
+view from the run's last ``window`` records and its open events (see :meth:`RunState.load`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from nanwatch_service.detectors import SEVERITY_RANK, EpisodeTracker, Finding, Pipeline
+from nanwatch_service.store import Store
+
+EventKey = tuple[str, str | None]
+RecordKey = tuple[str, int, float | None]
+RECENT_KEYS = 50_000
+
+
+@dataclass
+class RunState:
+    """Everything a replica keeps in memory for one run."""
+
+    run_id: str
+    spec: dict[str, Any]
+    pipeline: Pipeline
+    tracker: EpisodeTracker
+    team: str = ""
+    status: str = "running"
+    last_seen: float = 0.0
+    last_step: int | None = None
+    loss: float | None = None
+    grad_norm: float | None = None
+    open_events: dict[EventKey, dict[str, Any]] = field(default_factory=dict)
+    events_total: Counter[tuple[str, str]] = field(default_factory=Counter)
+    recent_keys: dict[RecordKey, None] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def load(cls, store: Store, row: dict[str, Any], *, horizon: int, window: int) -> RunState:
+        """Build the state of a stored run, replaying its recent history into the detectors."""
+        spec = row["spec"]
+        state = cls(
+            run_id=row["run_id"],
+            spec=spec,
+            pipeline=Pipeline(spec, horizon=horizon, window=window),
+            tracker=EpisodeTracker(),
+            team=row["team"] or "",
+            status=row["status"],
+            last_seen=row["last_seen"],
+            last_step=row["last_step"],
+        )
+        history = store.recent_records(row["run_id"], window)
+        state.pipeline.warm(history)
+        state.remember(history)
+        for event in store.list_events(row["run_id"], state="open", limit=10_000):
+            state.open_events[(event["detector"], event["layer"])] = event
+        state.tracker.update([], [_finding_of(event) for event in state.open_events.values()])
+        return state
+
+    @property
+    def health(self) -> str:
+        """``ok``, ``warning`` or ``critical``: the worst open event (info events do not count)."""
+        worst = max((SEVERITY_RANK[e["severity"]] for e in self.open_events.values()), default=0)
+        return ("ok", "warning", "critical")[worst]
+
+    @property
+    def steps_to_nonfinite(self) -> float:
+        """The detectors' current forecast (+inf when nothing is heading to a non-finite value)."""
+        return self.pipeline.steps_to_nonfinite
+
+    def unseen(self, attempt: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop records this replica already stored: the same attempt, step and wall time is a re-send
+        of a request whose reply was lost (the client delivers at least once)."""
+        fresh = []
+        for record in records:
+            key = (attempt, record["step"], record.get("wall_time"))
+            if key not in self.recent_keys:
+                self.recent_keys[key] = None
+                fresh.append(record)
+        for _ in range(len(self.recent_keys) - RECENT_KEYS):
+            del self.recent_keys[next(iter(self.recent_keys))]
+        return fresh
+
+    def remember(self, records: list[dict[str, Any]]) -> None:
+        """Keep the latest step, loss and grad norm for the metrics."""
+        for record in records[-1:]:
+            self.last_step = record["step"]
+            self.loss = record.get("loss", self.loss)
+            self.grad_norm = record.get("grad_norm", self.grad_norm)
+
+    def exported(self, now: float, stale_after_s: float) -> bool:
+        """Whether Prometheus should see this run: not finished and not silent."""
+        return self.status != "finished" and now - self.last_seen <= stale_after_s
+
+
+def event_from(finding: Finding) -> dict[str, Any]:
+    """A new open event from the finding that started its episode."""
+    return {
+        "detector": finding.detector,
+        "severity": finding.severity,
+        "layer": finding.layer,
+        "state": "open",
+        "step": finding.step,
+        "first_step": finding.step,
+        "last_step": finding.step,
+        "end_step": None,
+        "value": finding.value,
+        "threshold": finding.threshold,
+        "message": finding.message,
+        "remedy": finding.remedy,
+        "steps_to_nonfinite": _forecast(finding),
+    }
+
+
+def worsen(event: dict[str, Any], finding: Finding) -> bool:
+    """Fold a later finding of the same episode into its event; True when the severity rose."""
+    rose = SEVERITY_RANK[finding.severity] > SEVERITY_RANK[event["severity"]]
+    if rose:
+        event["severity"] = finding.severity
+    event.update(
+        last_step=max(event["last_step"], finding.step),
+        value=finding.value,
+        threshold=finding.threshold,
+        message=finding.message,
+        remedy=finding.remedy,
+        steps_to_nonfinite=_forecast(finding),
+    )
+    return rose
+
+
+def _finding_of(event: dict[str, Any]) -> Finding:
+    """The finding an open event stands for, to reopen its episode in a fresh tracker."""
+    return Finding(
+        detector=event["detector"],
+        severity=event["severity"],
+        step=event["last_step"],
+        layer=event["layer"],
+        value=event["value"],
+        threshold=event["threshold"],
+        message=event["message"],
+        remedy=event["remedy"],
+        steps_to_nonfinite=event.get("steps_to_nonfinite"),
+    )
+
+
+def _forecast(finding: Finding) -> float | None:
+    value = finding.steps_to_nonfinite
+    return None if value is None or math.isnan(value) else value

@@ -1,0 +1,57 @@
+"""PostgreSQL store, for several interchangeable replicas (``--database-url postgresql://...``).
+
+Tables are keyed by ``run_id`` first (primary keys ``(run_id, seq)``/``(run_id, id)``), so that the
+history can be distributed by run (e.g. Citus) without changes. Needs ``pip install nanwatch[postgres]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nanwatch_service.store.sql import SqlStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, spec BYTEA NOT NULL, team TEXT,
+    created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL, last_step BIGINT, status TEXT NOT NULL, health TEXT NOT NULL,
+    steps_to_nonfinite DOUBLE PRECISION, halt BYTEA, records BIGINT NOT NULL DEFAULT 0,
+    dropped BIGINT NOT NULL DEFAULT 0, last_attempt TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_last_seen ON runs (last_seen);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL, seq BIGINT GENERATED ALWAYS AS IDENTITY, attempt TEXT NOT NULL,
+    step BIGINT NOT NULL, received_at DOUBLE PRECISION NOT NULL, record BYTEA NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX IF NOT EXISTS steps_run_step ON steps (run_id, step);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL, id BIGINT GENERATED ALWAYS AS IDENTITY, detector TEXT NOT NULL,
+    severity TEXT NOT NULL, layer TEXT, state TEXT NOT NULL, first_step BIGINT NOT NULL,
+    last_step BIGINT NOT NULL, end_step BIGINT, doc BYTEA NOT NULL, PRIMARY KEY (run_id, id)
+);
+CREATE TABLE IF NOT EXISTS commands (
+    run_id TEXT NOT NULL, id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+    source TEXT NOT NULL, step BIGINT, at_step BIGINT, created_at DOUBLE PRECISION NOT NULL,
+    delivered_at DOUBLE PRECISION, acked_at DOUBLE PRECISION, acked_step BIGINT, PRIMARY KEY (run_id, id)
+);
+"""
+
+
+class PostgresStore(SqlStore):
+    """Store in a PostgreSQL database given by a ``postgresql://`` URL."""
+
+    placeholder = "%s"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise ImportError("the PostgreSQL store needs psycopg: pip install 'nanwatch[postgres]'") from None
+        connection: Any = psycopg.connect(url, autocommit=False)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(727274)")  # replicas create the schema one at a time
+            cursor.execute(SCHEMA)
+            cursor.execute("SELECT pg_advisory_unlock(727274)")
+        connection.commit()
+        super().__init__(connection, (psycopg.Error,))

@@ -1,0 +1,156 @@
+"""Shared fixtures: the real service on real uvicorn, on a free loopback port, in a thread or a process.
+
+Every server a test starts is stopped by that test (fixture teardown), even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_socket() -> socket.socket:
+    """A listening-ready socket bound to a free loopback port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for subprocesses that bind it themselves)."""
+    with free_socket() as sock:
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``condition()`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Service:
+    """A running service: its URL and an HTTP client bound to it."""
+
+    url: str
+    client: httpx.Client
+    db: Path
+
+
+class ServiceThread:
+    """The real app on real uvicorn, served from a thread of the test process."""
+
+    def __init__(self, settings: Any, store: Any = None) -> None:
+        import uvicorn
+
+        from nanwatch_service.app import create_app
+
+        self.sock = free_socket()
+        port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(create_app(settings, store=store), log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ServiceThread:
+        self.thread.start()
+        wait_until(lambda: self.server.started, what="uvicorn to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    """The service on SQLite in tmp_path, on real uvicorn."""
+    from nanwatch_service.settings import Settings
+
+    db = tmp_path / "nanwatch.db"
+    with ServiceThread(Settings(db=str(db))) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        yield Service(server.url, client, db)
+
+
+class ServiceProcess:
+    """``nanwatch serve`` in a child process (for kill -9 and CLI tests)."""
+
+    def __init__(self, db: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = db
+        self.env = {**os.environ, **(extra_env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        args = [
+            sys.executable,
+            "-m",
+            "nanwatch_service.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--db",
+            str(self.db),
+            "--log-level",
+            "warning",
+        ]
+        self.log = self.db.with_suffix(".log")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._healthy, timeout=60, what=f"nanwatch serve on {self.url}")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nanwatch serve exited: {self.log.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=15)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def service_process(tmp_path: Path) -> Iterator[ServiceProcess]:
+    """A started ``nanwatch serve`` child process on SQLite; stopped after the test."""
+    process = ServiceProcess(tmp_path / "nanwatch.db")
+    try:
+        yield process.start()
+    finally:
+        process.stop()
