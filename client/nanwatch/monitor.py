@@ -223,6 +223,26 @@ class Monitor:
             self._halt(halt)
         return halt
 
+    def sync(self, step: int, timeout: float = 1.0) -> Halt | None:
+        """Wait until the service has answered for every record up to ``step``; return a halt due then.
+
+        Opt-in lockstep, for jobs whose steps are so short that a halt riding on an asynchronous reply
+        would land too many steps late: it sends at once and waits at most ``timeout`` seconds, and not at
+        all while the service is unreachable, so an outage never slows training by more than one timeout.
+        """
+        with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._answered(step), timeout=timeout)
+            halt = self._due_command(step)
+        if halt is not None:
+            self._halt(halt)
+        return halt
+
+    def _answered(self, step: int) -> bool:
+        away = self._outage_dropped is not None or self._closing
+        return away or (self._delivered_step >= step and not self._in_flight)
+
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is buffered (for at most ``timeout`` seconds), send ``final``, stop the sender.
 
@@ -288,6 +308,8 @@ class Monitor:
         self._last_error: str = ""
         self._errors_logged: set[int] = set()
         self._backoff = _Backoff()
+        self._urgent = False  # sync() asked for a send now
+        self._delivered_step = -1  # the highest step the service has acknowledged
 
     # ------------------------------------------------------------------ training thread
 
@@ -352,7 +374,8 @@ class Monitor:
             return not self._closing
 
     def _flush_early(self) -> bool:
-        return self._closing or (self._backoff.failures == 0 and len(self._buffer) >= self.max_batch)
+        full = len(self._buffer) >= self.max_batch
+        return self._closing or (self._backoff.failures == 0 and (full or self._urgent))
 
     def _drain(self) -> None:
         while (remaining := self._deadline - time.monotonic()) > 0:
@@ -387,9 +410,7 @@ class Monitor:
     def _send_registration(self, timeout: float) -> _Outcome:
         with self._cond:
             version, payload = self._reg_version, self._registration
-        reply = self._request(
-            "PUT", f"/v1/runs/{self.run_id}", protocol.dumps(payload, self.content_type), timeout
-        )
+        reply = self._request("PUT", f"/v1/runs/{self.run_id}", protocol.dumps(payload, self.content_type), timeout)
         if reply.ok or not (reply.retryable or reply.status == 404):
             if not reply.ok:
                 self._error_once(reply, "the run registration was refused")
@@ -404,6 +425,7 @@ class Monitor:
             records = [self._buffer.popleft() for _ in range(min(self.max_batch, len(self._buffer)))]
             acks, self._acks = self._acks[:_MAX_ACKS], self._acks[_MAX_ACKS:]
             final = closing and not self._buffer
+            self._urgent = False
             if not (records or acks or final):
                 return None
             self._in_flight = len(records)
@@ -422,14 +444,12 @@ class Monitor:
             data = protocol.dumps(body, self.content_type)
         except (ValueError, TypeError, OverflowError) as exc:
             return self._reject(batch, _Reply(0, error=f"could not encode the batch: {exc}"))
-        return self._on_steps_reply(
-            batch, self._request("POST", f"/v1/runs/{self.run_id}/steps", data, timeout)
-        )
+        return self._on_steps_reply(batch, self._request("POST", f"/v1/runs/{self.run_id}/steps", data, timeout))
 
     def _on_steps_reply(self, batch: _Batch, reply: _Reply) -> _Outcome:
         if reply.ok:
+            self._read_commands(reply)  # before _delivered: sync() must find the commands once it wakes
             self._delivered(batch)
-            self._read_commands(reply)
             return _Outcome.OK
         if reply.retryable or reply.status == 404:
             self._requeue(batch)
@@ -445,6 +465,8 @@ class Monitor:
         with self._cond:
             self._in_flight = 0
             self._final_sent = self._final_sent or batch.final
+            self._delivered_step = max([self._delivered_step, *(r["step"] for r in batch.records)])
+            self._cond.notify_all()
 
     def _requeue(self, batch: _Batch) -> None:
         """Put a failed batch back at the front, keeping the bound by dropping the oldest records."""
@@ -495,7 +517,9 @@ class Monitor:
     def _enter_outage(self) -> None:
         if self._outage_dropped is not None:
             return
-        self._outage_dropped = self._dropped
+        with self._cond:
+            self._outage_dropped = self._dropped
+            self._cond.notify_all()  # a sync() in progress stops waiting
         self._log.warning(
             "nanwatch: service at %s unreachable (%s); buffering up to %d records, training continues",
             self.url,
@@ -565,9 +589,7 @@ def _registration(
     """``current`` updated with the given values, validated by the protocol (raises ProtocolError)."""
     updated = {**current, **fields}
     if layers is not None:
-        updated["layers"] = [
-            {k: int(v) if k == "params" else v for k, v in layer.items()} for layer in layers
-        ]
+        updated["layers"] = [{k: int(v) if k == "params" else v for k, v in layer.items()} for layer in layers]
     if dtype_policy is not None:
         updated["dtype_policy"] = dtype_policy
     return protocol.decode_run(updated)

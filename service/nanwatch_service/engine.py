@@ -160,7 +160,7 @@ class Engine:
         culprit = finding_to_halt(state.spec.get("halt_on", "critical"), findings)
         if culprit is None or is_in_force(self.store.active_halt(state.run_id), state.status):
             return
-        at_step = max(r["step"] for r in records) + 1
+        at_step = max(r["step"] for r in records)
         command = new_command(
             reason=halt_reason(culprit), source="detector", step=culprit.step, at_step=at_step, now=now
         )
@@ -185,7 +185,7 @@ class Engine:
             current = self.store.active_halt(run_id)
             if current is not None and is_in_force(current, row["status"]):
                 return _public_command(current), False
-            at_step = 0 if row["last_step"] is None else row["last_step"] + 1
+            at_step = row["last_step"] or 0
             command = new_command(reason=reason, source=source, step=row["last_step"], at_step=at_step, now=now)
             self.store.insert_command(run_id, command)
         self.on_halt(source)

@@ -1,8 +1,9 @@
 """Halt semantics: when a run's policy asks for a halt, and what a halt command holds.
 
 A command carries ``at_step``: the job stops at the first batch end whose step is at least ``at_step``,
-so every worker of a synchronous multi-worker run stops at the same step. It is set one past the last
-step the service has seen; a job that is already further along stops at its next batch end.
+so every worker of a synchronous multi-worker run stops at the same step. It is set to the last step the
+service has seen: a job in lockstep (``Monitor.sync``) stops at the very batch end that sent the offending
+record, and a job that is already further along stops at its next batch end.
 
 A run has at most one halt in flight: asking again while one is pending or after the job acknowledged it
 returns the same command. A job that re-registers after a halt (resumed from a checkpoint) can be halted

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
 from nanwatch import Monitor, protocol
 
 
@@ -84,9 +85,7 @@ class FakeService:
         with self.lock:
             requests = list(self.requests)
         return [
-            r
-            for r in requests
-            if (method is None or r.method == method) and (run_id is None or r.run_id == run_id)
+            r for r in requests if (method is None or r.method == method) and (run_id is None or r.run_id == run_id)
         ]
 
     def batches(self, run_id: str | None = None) -> list[dict[str, Any]]:

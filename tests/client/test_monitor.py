@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+
 from nanwatch import Halt, Monitor, ProtocolError, protocol
 
 if TYPE_CHECKING:
@@ -80,9 +81,7 @@ def test_records_arrive_in_order_with_nonfinite_values_intact(
     for step in range(40):
         loss = LOSSES[step % len(LOSSES)]
         grad_norm = np.float32(step / 4)
-        monitor.log_step(
-            step, loss=loss, grad_norm=grad_norm, lr=1e-3, layers={"act_max_abs": acts}, wall_time=step
-        )
+        monitor.log_step(step, loss=loss, grad_norm=grad_norm, lr=1e-3, layers={"act_max_abs": acts}, wall_time=step)
     monitor.close()
 
     records = fake_service.records("run-a")
@@ -91,9 +90,7 @@ def test_records_arrive_in_order_with_nonfinite_values_intact(
     assert all(r["grad_norm"] == r["step"] / 4 for r in records)
     assert all(r["lr"] == 1e-3 and r["wall_time"] == r["step"] for r in records)
     sent = acts.tolist()
-    assert all(
-        same_float(a, b) for r in records for a, b in zip(r["layers"]["act_max_abs"], sent, strict=True)
-    )
+    assert all(same_float(a, b) for r in records for a, b in zip(r["layers"]["act_max_abs"], sent, strict=True))
     assert {r.headers["content-type"] for r in fake_service.seen()} == {content_type}
 
 
@@ -173,9 +170,7 @@ def test_lost_run_404_triggers_reregistration_and_loses_no_records(
     monitor = make_monitor(fake_service.url, layers=LAYERS)
     step, _ = step_until(monitor, lambda _: bool(fake_service.batches()), what="a first batch")
     fake_service.forget("run-a")
-    step, _ = step_until(
-        monitor, lambda _: any(r.status == 404 for r in fake_service.seen()), start=step, what="a 404"
-    )
+    step, _ = step_until(monitor, lambda _: any(r.status == 404 for r in fake_service.seen()), start=step, what="a 404")
     step_until(monitor, lambda _: len(fake_service.seen("PUT")) == 2, start=step, what="re-registration")
     monitor.close()
 
@@ -196,9 +191,7 @@ def test_close_flushes_every_buffered_batch(fake_service: FakeService, make_moni
     assert max(len(batch["records"]) for batch in fake_service.batches()) == 100
 
 
-def test_context_manager_sends_final_and_stops_its_sender(
-    fake_service: FakeService, logs: LogCapture
-) -> None:
+def test_context_manager_sends_final_and_stops_its_sender(fake_service: FakeService, logs: LogCapture) -> None:
     before = set(threading.enumerate())
     with Monitor(fake_service.url, "run-ctx", logger=logs.logger) as monitor:
         sender = next(t for t in set(threading.enumerate()) - before if t.name == "nanwatch-sender")
@@ -216,9 +209,7 @@ def test_context_manager_sends_final_and_stops_its_sender(
 # ---------------------------------------------------------------------- an absent or hanging service
 
 
-def test_unreachable_service_warns_once_and_close_is_bounded(
-    make_monitor: MakeMonitor, logs: LogCapture
-) -> None:
+def test_unreachable_service_warns_once_and_close_is_bounded(make_monitor: MakeMonitor, logs: LogCapture) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     monitor = make_monitor(url)
     step, halts = step_until(monitor, lambda _: bool(logs.messages(WARNING)), what="the warning")
@@ -248,9 +239,7 @@ def read_request(connection: socket.socket) -> bytes:
 
 def _request_length(data: bytes) -> int:
     head, _, _ = data.partition(b"\r\n\r\n")
-    lengths = [
-        line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-    ]
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
     return len(head) + 4 + int(lengths[0])
 
 
@@ -272,9 +261,7 @@ def test_log_step_does_not_wait_for_a_request_in_flight(
     with connection:
         connection.settimeout(10)
         assert read_request(connection).startswith(b"PUT /v1/runs/run-a ")  # waiting for an answer now
-        halts = [
-            monitor.log_step(step, loss=1.0, layers={"grad_norm": [1.0] * 64}) for step in range(1, 2000)
-        ]
+        halts = [monitor.log_step(step, loss=1.0, layers={"grad_norm": [1.0] * 64}) for step in range(1, 2000)]
         connection.setblocking(False)
         with pytest.raises(BlockingIOError):
             connection.recv(1)  # the client has not given up either: the request is still in flight
@@ -301,14 +288,10 @@ def test_service_halt_yields_one_halt_and_is_acked_in_a_later_batch(
     assert later == [] and monitor.halted == halts[0]
     assert fake_service.acks() == [{"id": command_id, "step": at}]
     assert fake_service.batches()[-1]["records"][-1]["step"] > at  # records after the halt still arrive
-    assert logs.messages(WARNING) == [
-        f"nanwatch: halting run run-a at step {at}: operator: lr too high (operator)"
-    ]
+    assert logs.messages(WARNING) == [f"nanwatch: halting run run-a at step {at}: operator: lr too high (operator)"]
 
 
-def test_halt_with_future_at_step_stops_exactly_there(
-    fake_service: FakeService, make_monitor: MakeMonitor
-) -> None:
+def test_halt_with_future_at_step_stops_exactly_there(fake_service: FakeService, make_monitor: MakeMonitor) -> None:
     command_id = fake_service.queue_command("run-a", source="detector", reason="grad_explosion", at_step=1000)
     monitor = make_monitor(fake_service.url)
     step, halts = step_until(monitor, lambda _: fake_service.client_has_read(command_id), what="delivery")
@@ -406,9 +389,7 @@ def test_missing_url_names_the_argument_and_the_variable(monkeypatch: pytest.Mon
         Monitor()
 
 
-def test_bad_values_fail_in_the_caller_not_on_the_wire(
-    fake_service: FakeService, make_monitor: MakeMonitor
-) -> None:
+def test_bad_values_fail_in_the_caller_not_on_the_wire(fake_service: FakeService, make_monitor: MakeMonitor) -> None:
     with pytest.raises(ProtocolError, match="halt_on"):
         Monitor(fake_service.url, "run-x", halt_on="sometimes")
     monitor = make_monitor(fake_service.url)

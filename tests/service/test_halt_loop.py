@@ -25,7 +25,7 @@ def test_nonfinite_activation_names_the_layer_and_halts_the_run(service: Service
 
     [command] = answer["commands"]
     assert command["action"] == "halt" and command["source"] == "detector"
-    assert "my_custom_layer" in command["reason"] and command["at_step"] == 6
+    assert "my_custom_layer" in command["reason"] and command["at_step"] == 5
 
     view = service.client.get("/v1/runs/div0").json()
     assert view["status"] == "running" and view["health"] == "critical"
@@ -60,7 +60,7 @@ def test_operator_halt_over_rest_reaches_the_job_exactly_once(service: Service) 
     seen = _commands_seen(service, "op", range(1, 6))
     assert [c["id"] for c in seen] == [first.json()["command"]["id"]]
     assert seen[0]["source"] == "operator" and seen[0]["reason"] == "wrong learning rate"
-    assert seen[0]["at_step"] == 1
+    assert seen[0]["at_step"] == 0
 
 
 def test_operator_halt_from_the_cli_reaches_the_job_exactly_once(service: Service) -> None:
