@@ -98,7 +98,8 @@ class RunState:
 
 
 def event_from(finding: Finding) -> dict[str, Any]:
-    """A new open event from the finding that started its episode."""
+    """A new open event from the finding that started its episode. ``severity_steps`` records the step
+    at which the episode first reached each severity (a warning that turns critical keeps both)."""
     return {
         "detector": finding.detector,
         "severity": finding.severity,
@@ -113,6 +114,7 @@ def event_from(finding: Finding) -> dict[str, Any]:
         "message": finding.message,
         "remedy": finding.remedy,
         "steps_to_nonfinite": _forecast(finding),
+        "severity_steps": {finding.severity: finding.step},
     }
 
 
@@ -121,6 +123,7 @@ def worsen(event: dict[str, Any], finding: Finding) -> bool:
     rose = SEVERITY_RANK[finding.severity] > SEVERITY_RANK[event["severity"]]
     if rose:
         event["severity"] = finding.severity
+        event.setdefault("severity_steps", {})[finding.severity] = finding.step
     event.update(
         last_step=max(event["last_step"], finding.step),
         value=finding.value,

@@ -25,7 +25,7 @@ def healthy_layers(n: int = 3) -> dict[str, list[float]]:
         "act_mean": [0.2] * n,
         "act_std": [0.5] * n,
         "act_max_abs": [2.0] * n,
-        "act_frac_zero": [0.1] * n,
+        "act_frac_zero": [0.1] + [0.0] * (n - 1),  # only the ReLU layer has exact zeros
         "act_frac_nonfinite": [0.0] * n,
         "act_frac_saturated": [0.0] * n,
         "act_frac_zero_var": [0.0] * n,

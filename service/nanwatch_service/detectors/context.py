@@ -1,0 +1,151 @@
+"""Per-run state kept between batches, and the view of it that detectors read while a batch is processed.
+
+The state is a cache: the last ``window`` values of every series in :data:`series.SERIES` plus two
+per-layer rows. Replaying stored records through :meth:`RunState.append` rebuilds it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import robust
+from .batch import Batch, BoolArray, FloatArray
+from .forecast import steps_to_limit
+from .run_info import RunInfo
+from .series import SERIES, forecast_limits
+
+
+class RunState:
+    """Trailing history of one run: series values and the per-layer rows the detectors compare against."""
+
+    def __init__(self, run: RunInfo, window: int) -> None:
+        self.window = window
+        self.series: dict[str, FloatArray] = {name: np.empty(0) for name in SERIES}
+        self.last_weight_norm = np.full(run.n_layers, np.nan)
+        self.varied = np.zeros(run.n_layers, dtype=bool)
+        self.last_step: int | None = None
+
+    def append(self, view: BatchView) -> None:
+        """Fold a processed batch into the history."""
+        for name in SERIES:
+            self.series[name] = view.series(name)[-self.window :].copy()
+        weight_norm, present = view.batch.layer("weight_norm", view.run.has_weights)
+        if present.any():
+            self.last_weight_norm = weight_norm[np.flatnonzero(present)[-1]].copy()
+        self.varied = view.varied_before()[-1] | view.varies()[-1]
+        self.last_step = int(view.batch.steps[-1])
+
+
+@dataclass
+class Settings:
+    """Pipeline-wide parameters the detectors share."""
+
+    horizon: int = 10
+    window: int = 128
+    min_history: int = 20
+
+
+class BatchView:
+    """A batch together with its run's history; computes shared series, z-scores and forecasts once."""
+
+    def __init__(self, run: RunInfo, batch: Batch, state: RunState, settings: Settings) -> None:
+        self.run = run
+        self.batch = batch
+        self.state = state
+        self.settings = settings
+        self._series: dict[str, FloatArray] = {}
+        self._cache: dict[tuple[str, float], FloatArray] = {}
+        self._memo: dict[str, Any] = {}
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per batch: what several detectors (or the pipeline) share."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    @property
+    def n(self) -> int:
+        """Records in the batch."""
+        return self.batch.n
+
+    def series(self, name: str) -> FloatArray:
+        """History of ``name`` followed by this batch's ``n`` values."""
+        if name not in self._series:
+            fresh = SERIES[name](self.run, self.batch)
+            self._series[name] = np.concatenate([self.state.series[name], fresh])
+        return self._series[name]
+
+    def current(self, name: str) -> FloatArray:
+        """This batch's values of ``name``."""
+        return self.series(name)[-self.n :]
+
+    def z(self, name: str, scale_floor: float, relative_floor: float = 0.0) -> FloatArray:
+        """Robust z of each record's ``name`` against the trailing window (NaN during warm-up)."""
+        key = (f"{name}/{relative_floor}", scale_floor)
+        if key not in self._cache:
+            settings = self.settings
+            self._cache[key] = robust.robust_z(
+                self.series(name),
+                self.n,
+                settings.window,
+                min_history=settings.min_history,
+                scale_floor=scale_floor,
+                relative_floor=relative_floor,
+            )
+        return self._cache[key]
+
+    def spike(self, name: str, threshold: float, scale_floor: float, relative_floor: float = 0.0) -> BoolArray:
+        """Per record: robust z of ``name`` above ``threshold`` and the value past the window's tail
+        (see :func:`robust.beyond_tail`), so that a steady heavy tail does not count as a spike."""
+        with np.errstate(invalid="ignore"):
+            spike = self.z(name, scale_floor, relative_floor) > threshold
+        rows = np.flatnonzero(spike)
+        if len(rows):
+            spike[rows] = robust.beyond_tail(self.series(name), self.n, self.settings.window, rows)
+        return spike
+
+    def last_increment(self, name: str) -> FloatArray:
+        """Per record, its value of ``name`` minus the one before (NaN where either is missing)."""
+        series = self.series(name)
+        return np.diff(series[-self.n - 1 :]) if len(series) > self.n else np.diff(series, prepend=np.nan)
+
+    def median(self, name: str) -> FloatArray:
+        """Median of ``name`` over the trailing window before each record (NaN without history)."""
+        key = (name, -2.0)
+        if key not in self._cache:
+            self._cache[key] = robust.window_median(self.series(name), self.n, self.settings.window)
+        return self._cache[key]
+
+    def forecast(self, name: str) -> FloatArray:
+        """Steps until series ``name`` reaches its limit, per record (+inf when not growing)."""
+        key = (name, -1.0)
+        if key not in self._cache:
+            limit = forecast_limits(self.run)[name]
+            self._cache[key] = steps_to_limit(self.series(name), self.n, limit, self.settings.window)
+        return self._cache[key]
+
+    def previous_weight_norm(self) -> FloatArray:
+        """Per record and layer, the weight norm of the record before (the weights this update started from)."""
+        weight_norm, present = self.batch.layer("weight_norm", self.run.has_weights)
+        rows = np.where(present[:, None], weight_norm, np.nan)
+        return np.vstack([self.state.last_weight_norm[None, :], rows[:-1]])
+
+    def varies(self) -> BoolArray:
+        """Per record and layer: the layer's output had a non-zero, finite spread at that step."""
+        varies: BoolArray = self.memo("varies", self._varies)
+        return varies
+
+    def _varies(self) -> BoolArray:
+        std, _ = self.batch.layer("act_std", ~self.run.relu_like)
+        with np.errstate(invalid="ignore"):
+            varies: BoolArray = np.isfinite(std) & (std > 0)
+        return varies
+
+    def varied_before(self) -> BoolArray:
+        """Per record and layer: the layer's output varied at some earlier step of the run."""
+        seen = np.logical_or.accumulate(self.varies(), axis=0)
+        return np.vstack([self.state.varied[None, :], self.state.varied | seen[:-1]])

@@ -1,0 +1,95 @@
+"""steps_to_nonfinite: how many steps a growing quantity has left before it passes its dtype's largest value.
+
+The forecast works on the log of the quantity (a gradient norm, a max-abs activation, |loss|) over its last
+few steps. It says nothing (+inf) unless the growth is an explosion rather than noise:
+
+- the last 3 per-step increments are positive and the rise over the last 4 steps is at least 10×, with
+  at least 2× of it outside the largest single step (one jump is the z-score's business, not a trend);
+- the value is the highest of the trailing window, and the rise is at least 3σ of a 4-step random walk
+  whose step noise σ is the robust spread (1.4826 × MAD) of the series' earlier increments: a batch loss
+  that jumps 10-100× whenever a batch holds an outlier is noisy, not exploding. A steady exponential has
+  no spread in its increments, so it passes.
+
+Then the forecast is the smaller of two extrapolations of the increments ``d``:
+
+- linear at the steepest recent rate: ``gap / max(d of the last 3 steps)``;
+- geometric, when the increments themselves grow: each step's increment is ``r`` times the one before,
+  ``r`` the median ratio of consecutive positive increments among the last 4 (1 ≤ r ≤ 4), and
+  ``d·r + d·r² + … ≥ gap``.
+
+The geometric term keeps a double-exponential blow-up (the log grows exponentially, as when every layer
+of a deep ReLU net is multiplied by weights the last update also enlarged) from being forecast too late;
+a linear fit on the log would be several steps late. Fitting the increments rather than ``log(log x)``
+keeps it independent of units and offsets and defined for quantities below 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .robust import FloatArray, nan_median_rows, trailing
+
+INCREMENTS: Final = 4
+MIN_RISE: Final = math.log(10.0)
+MIN_SPREAD: Final = math.log(2.0)
+NOISE_MULTIPLE: Final = 3.0 * math.sqrt(INCREMENTS) * 1.4826  # 3σ of a 4-step walk, σ = 1.4826 MAD
+MAX_ACCELERATION: Final = 4.0
+BoolArray = npt.NDArray[np.bool_]
+
+
+def steps_to_limit(log_series: FloatArray, n: int, log_limit: float, window: int = 128) -> FloatArray:
+    """Forecast for each of the last ``n`` values of ``log_series``: steps until it reaches ``log_limit``."""
+    values = trailing(log_series, n, INCREMENTS + 1, include_current=True)
+    steps = np.full(n, np.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        increments = np.diff(values, axis=1)
+        rise = np.nansum(increments, axis=1)
+        rows = np.flatnonzero(_rising(increments, rise))
+        if len(rows):
+            rows = rows[_unusual(log_series, n, window, rows, rise[rows])]
+        if not len(rows):
+            return steps
+        gap = np.maximum(log_limit - values[rows, -1], 0.0)
+        steps[rows] = np.minimum(_linear(increments[rows], gap), _geometric(increments[rows], gap))
+    return steps
+
+
+def _rising(increments: FloatArray, rise: FloatArray) -> BoolArray:
+    positive = increments > 0
+    gains = np.where(positive, increments, 0.0)
+    spread = gains.sum(axis=1) - gains.max(axis=1)  # the growth outside the largest single step
+    rising: BoolArray = positive[:, -3:].all(axis=1) & (rise >= MIN_RISE) & (spread >= MIN_SPREAD)
+    return rising
+
+
+def _unusual(log_series: FloatArray, n: int, window: int, rows: npt.NDArray[np.intp], rise: FloatArray) -> BoolArray:
+    """A new high of the window, risen well beyond the series' own step-to-step noise."""
+    history = trailing(log_series, n, window, include_current=False)[rows]
+    current = log_series[len(log_series) - n :][rows]
+    earlier = np.diff(history[:, : 1 - INCREMENTS], axis=1)
+    median, count = nan_median_rows(earlier)
+    mad, _ = nan_median_rows(np.abs(earlier - median[:, None]), count)
+    noise = np.where(count >= 3, mad, 0.0)
+    highest = np.max(np.where(np.isnan(history), -np.inf, history), axis=1)
+    unusual: BoolArray = (current > highest) & (rise >= NOISE_MULTIPLE * noise)
+    return unusual
+
+
+def _linear(increments: FloatArray, gap: FloatArray) -> FloatArray:
+    steps: FloatArray = gap / np.nanmax(increments[:, -3:], axis=1)
+    return steps
+
+
+def _geometric(increments: FloatArray, gap: FloatArray) -> FloatArray:
+    last = increments[:, -1]
+    earlier, later = increments[:, :-1], increments[:, 1:]
+    ratio, count = nan_median_rows(np.where((earlier > 0) & (later > 0), later / earlier, np.nan))
+    ratio = np.clip(np.where(count > 0, ratio, 1.0), 1.0, MAX_ACCELERATION)
+    growing = ratio > 1.0 + 1e-9
+    safe = np.where(growing, ratio, 2.0)
+    steps: FloatArray = np.where(growing, np.log1p(gap * (safe - 1.0) / (last * safe)) / np.log(safe), gap / last)
+    return steps
