@@ -39,17 +39,10 @@ def test_seed_zero_variance_layer_is_critical_at_step_zero_and_the_job_stops_its
 
 
 class _Poison(keras.layers.Layer):
-    """Turns its output NaN from step ``at`` on (a kernel going bad)."""
+    """Adds NaN to the rows whose flag input exceeds 100 (a kernel going bad on some inputs)."""
 
-    def __init__(self, at: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.at = at
-        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
-
-    def call(self, x: Any) -> Any:
-        self.calls.assign_add(1.0)
-        bad = tf.cast(self.calls > self.at, x.dtype)
-        return x + bad * tf.constant(float("nan"), x.dtype)
+    def call(self, x: Any, flag: Any) -> Any:
+        return tf.where(flag > 100.0, tf.constant(float("nan"), x.dtype), x)
 
 
 class _Swallow(keras.layers.Layer):
@@ -61,14 +54,16 @@ class _Swallow(keras.layers.Layer):
 
 def test_nan_that_never_reaches_the_loss_is_caught_at_its_step_naming_the_layer(service: Service) -> None:
     keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(16, name="dense_in"), _Poison(at=5, name="poison"),
-         _Swallow(name="swallow"), keras.layers.Dense(1, name="head")]
-    )  # fmt: skip
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(16, name="dense_in")(inputs)
+    poisoned = _Poison(name="poison")(hidden, inputs[:, :1])
+    outputs = keras.layers.Dense(1, name="head")(_Swallow(name="swallow")(poisoned))
+    model = keras.Model(inputs, outputs)
     model.compile(optimizer="sgd", loss="mse")
     x, y = np.random.default_rng(0).normal(size=(256, 8)), np.zeros((256, 1))
+    x[5 * 16 + 3, 0] = 1000.0  # one row of batch 5 trips the poison
     callback = NanWatchCallback(service.url, run_id="swallowed", lockstep=True)
-    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
     assert np.isfinite(history.history["loss"]).all()  # TerminateOnNaN would have seen nothing
     assert callback.halted is not None and callback.halted.step == 5
     events = service.client.get("/v1/runs/swallowed/events", params={"severity": "critical"}).json()["events"]
