@@ -74,8 +74,13 @@ class ServiceThread:
 
     def __enter__(self) -> ServiceThread:
         self.thread.start()
-        wait_until(lambda: self.server.started, what="uvicorn to start")
+        wait_until(self._started, timeout=90, what="uvicorn to start")
         return self
+
+    def _started(self) -> bool:
+        if not self.thread.is_alive() and not self.server.started:
+            raise AssertionError("uvicorn stopped before it started serving; see the captured log")
+        return bool(self.server.started)
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True

@@ -53,9 +53,7 @@ SERVICE_METRICS = {
 }
 HISTOGRAMS = {"nanwatch_ingest_request_duration_seconds"}
 DESIGN_METRICS = (
-    RUN_METRICS
-    | SERVICE_METRICS
-    | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+    RUN_METRICS | SERVICE_METRICS | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 )
 
 EXPECTED_ALERTS = {
@@ -181,9 +179,7 @@ def test_prometheus_config_contents() -> None:
     assert nanwatch["scrape_interval"] == "5s"
     assert nanwatch.get("metrics_path", "/metrics") == "/metrics"
     assert [t for sc in nanwatch["static_configs"] for t in sc["targets"]] == ["nanwatch:8000"]
-    am_targets = [
-        t for am in cfg["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]
-    ]
+    am_targets = [t for am in cfg["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
     assert am_targets == ["alertmanager:9093"]
 
 
@@ -199,12 +195,7 @@ def test_promtool_unit_tests_of_alert_rules() -> None:
     assert "SUCCESS" in out, out
     # The unit tests must exercise every alert, firing at least once.
     doc = _load_yaml(RULES_TEST)
-    fired = {
-        case["alertname"]
-        for test in doc["tests"]
-        for case in test["alert_rule_test"]
-        if case.get("exp_alerts")
-    }
+    fired = {case["alertname"] for test in doc["tests"] for case in test["alert_rule_test"] if case.get("exp_alerts")}
     assert fired == EXPECTED_ALERTS
 
 
@@ -327,12 +318,9 @@ def test_dashboard_queries_parse_with_promtool(tmp_path: Path) -> None:
     promtool = _tool("promtool")
     dash = _dashboard()
     exprs = [target["expr"] for _, target in _panel_targets(dash)]
-    exprs += [
-        v["definition"].removeprefix("label_values(").rsplit(",", 1)[0] for v in dash["templating"]["list"]
-    ]
+    exprs += [v["definition"].removeprefix("label_values(").rsplit(",", 1)[0] for v in dash["templating"]["list"]]
     rules = [
-        {"record": f"nanwatch:dashboard_query_{i}", "expr": _substitute_grafana_vars(e)}
-        for i, e in enumerate(exprs)
+        {"record": f"nanwatch:dashboard_query_{i}", "expr": _substitute_grafana_vars(e)} for i, e in enumerate(exprs)
     ]
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))  # JSON is YAML
@@ -365,9 +353,7 @@ def test_docker_compose() -> None:
     nanwatch = services["nanwatch"]
     assert nanwatch["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}
     assert (ROOT / nanwatch["build"]["dockerfile"]).is_file()
-    assert nanwatch["environment"]["NANWATCH_DATABASE_URL"] == (
-        "postgresql://nanwatch:nanwatch@postgres:5432/nanwatch"
-    )
+    assert nanwatch["environment"]["NANWATCH_DATABASE_URL"] == ("postgresql://nanwatch:nanwatch@postgres:5432/nanwatch")
     assert nanwatch["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["postgres"]["image"].startswith("postgres:16")
     assert services["postgres"]["environment"] == {
