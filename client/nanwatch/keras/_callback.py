@@ -1,0 +1,214 @@
+"""``NanWatchCallback``: stream a Keras ``fit`` to the nanwatch service and stop it when it must stop."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+
+from nanwatch import protocol
+from nanwatch.keras import _vector
+from nanwatch.keras._instrument import Instrumentation
+from nanwatch.monitor import Halt, Monitor
+
+
+class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras ships no type hints
+    """Report every training step's numerics to nanwatch and halt ``fit`` on its command.
+
+    ``model.fit(x, y, callbacks=[NanWatchCallback("http://127.0.0.1:8000", run_id="resnet-lr3e-4")])``
+
+    Per step it sends the batch's own loss (not Keras' running mean), the learning rate, the global and
+    per-layer gradient norms (unscaled under mixed precision), ``grad_mean_abs``, weight and update norms
+    and per-layer activation statistics; under a ``LossScaleOptimizer`` also the loss scale and whether
+    the step was skipped (a skipped step's gradients are not sent: they are the scaler's overflow, not
+    the model's). All of it is reduced on the device inside the training step, written to one variable
+    and read as one small vector per step. The layer table is the watched layers in the order the forward
+    pass reaches them (nested models flattened into their layers). Cost: a few reductions per weight and
+    per layer output, i.e. some tens of extra TensorFlow ops per step; on a small model on CPU, whose step
+    is mostly per-op overhead, that is far from free, and ``activation_stride`` thins out part of it.
+
+    Args:
+        url, run_id, token, name, team: as for :class:`nanwatch.Monitor` (``url`` defaults to
+            ``$NANWATCH_URL``); ignored when ``monitor`` is given.
+        halt_on: the run's policy, ``"critical"``, ``"warning"`` or ``"never"``. Unless ``"never"``, a
+            non-finite loss or gradient stops ``fit`` at that very step without asking the service.
+        activation_stats: measure layer outputs (wraps each layer's ``call``; the statistics come from
+            the training step's own forward pass, never a second one).
+        activation_stride: take the detail statistics only every k-th step: ``act_std``,
+            ``act_frac_zero``, ``act_frac_saturated``, ``act_frac_zero_var``, ``grad_mean_abs`` and
+            ``update_norm`` (a ``tf.cond`` on an in-graph step counter skips their reductions on the
+            other steps, whose records leave those fields out). Every step still carries the loss,
+            learning rate, gradient and weight norms, ``act_max_abs``, ``act_mean``,
+            ``act_frac_nonfinite`` and ``in_max_abs``, so no non-finite value is ever missed.
+        lockstep: wait at each batch end, at most ``lockstep_timeout`` seconds and never while the service
+            is unreachable, for the service's verdict on this step (:meth:`nanwatch.Monitor.sync`), so a
+            detector's halt lands at the very step that earned it. Off by default: the training step then
+            never waits, and a halt arrives as soon as the asynchronous reply does (a few steps later
+            when steps take milliseconds). Worth it when a step costs far more than a loopback round trip.
+        save_on_halt: a path; on a halt the model is saved there first (``model.save``, or
+            ``save_weights`` for a ``.weights.h5`` path; ``{step}`` in it is replaced by the step).
+        monitor: an existing :class:`nanwatch.Monitor` to use (it is not closed at the end of ``fit``).
+        monitor_kwargs: further :class:`nanwatch.Monitor` arguments (``timeout``, ``flush_interval``, ...).
+
+    After ``fit``: ``cb.halted`` is None or the :class:`nanwatch.Halt` that stopped it; everything the
+    callback patched is restored and the monitor it made is flushed and closed (within the monitor's
+    ``timeout``). If ``fit`` raises, Keras skips ``on_train_end``: call :meth:`restore` yourself.
+
+    ``steps_per_execution=k``: Keras calls the batch hooks once per k steps, so one record covers the k
+    steps and carries the last one's step number: loss and mean-type statistics are means over the k
+    steps, norms and max-abs values their maximum, ``act_frac_nonfinite`` the maximum (non-zero if any
+    step had a non-finite output), weight norms and the learning rate the last step's. A halt can then
+    take effect only at the end of the chunk.
+
+    ``tf.distribute.MirroredStrategy``: the statistics are replica 0's; gradient norms are taken inside
+    ``optimizer.apply``, before the all-reduce, so they are per-replica gradients.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        run_id: str | None = None,
+        *,
+        token: str | None = None,
+        halt_on: str = "critical",
+        activation_stats: bool = True,
+        activation_stride: int = 1,
+        save_on_halt: str | None = None,
+        lockstep: bool = False,
+        lockstep_timeout: float = 1.0,
+        monitor: Monitor | None = None,
+        name: str | None = None,
+        team: str | None = None,
+        **monitor_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if int(activation_stride) < 1:
+            raise ValueError(f"nanwatch: activation_stride must be >= 1, got {activation_stride!r}")
+        self.activation_stats = bool(activation_stats)
+        self.activation_stride = int(activation_stride)
+        self.save_on_halt = save_on_halt
+        self.lockstep, self.lockstep_timeout = bool(lockstep), float(lockstep_timeout)
+        self.halted: Halt | None = None
+        self._log: logging.Logger = monitor_kwargs.get("logger") or logging.getLogger("nanwatch")
+        self._monitor_args: dict[str, Any] = {
+            "url": url, "run_id": run_id, "token": token, "halt_on": halt_on, "name": name, "team": team,
+            "framework": "keras", "register": False, **monitor_kwargs,
+        }  # fmt: skip
+        self._owns_monitor = monitor is None
+        self.monitor: Monitor = monitor if monitor is not None else Monitor(**self._monitor_args)
+        self._closed = False
+        self._instrumentation: Instrumentation | None = None
+        self._step: int | None = None
+        self._registered = -1
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ Keras hooks
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.restore()  # a previous fit that raised left its patches in place
+        self.halted = None
+        if self._closed:
+            self._monitor_args["run_id"] = self.monitor.run_id
+            self.monitor, self._closed = Monitor(**self._monitor_args), False
+        if self._step is None:
+            self._step = _initial_step(self.model)
+        self._instrumentation = self._instrument()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        assert self._step is not None
+        inst = self._instrumentation
+        if inst is None:  # not measurable: count steps and obey the service
+            step, kwargs = self._step, {}
+            self._step += 1
+        else:
+            vec = inst.read()
+            self._register(inst)
+            kwargs = inst.layout.unpack(vec, len(inst.observed), loss_scale=inst.loss_scaled, skips=inst.lso)
+            count = max(int(vec[_vector.STEPS]), 1)
+            step, self._step = self._step + count - 1, self._step + count
+        halt = self.monitor.log_step(step, **kwargs)
+        if halt is None and self.lockstep:
+            halt = self.monitor.sync(step, timeout=self.lockstep_timeout)
+        if halt is not None:
+            self._stop(halt)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.restore()
+        if self._owns_monitor and not self._closed:
+            self._closed = True
+            self.monitor.close(timeout=self.monitor.timeout)
+
+    # ------------------------------------------------------------------ public
+
+    def restore(self) -> None:
+        """Undo every patch this callback made to the model and its optimizer (idempotent)."""
+        inst, self._instrumentation = self._instrumentation, None
+        if inst is not None:
+            inst.restore()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _instrument(self) -> Instrumentation | None:
+        reason = _unsupported(self.model)
+        if reason is not None:
+            self._warn_once("unsupported", "nanwatch: %s; only the service's halts are applied", reason)
+            return None
+        inst = Instrumentation(
+            self.model,
+            activation_stats=self.activation_stats,
+            activation_stride=self.activation_stride,
+            logger=self._log,
+            warned=self._warned,
+        )
+        inst.install()
+        inst.set_step(self._step or 0)
+        return inst
+
+    def _register(self, inst: Instrumentation) -> None:
+        if len(inst.observed) != self._registered:
+            self._registered = len(inst.observed)
+            self.monitor.register(layers=inst.table(), dtype_policy=_dtype_policy(self.model))
+
+    def _stop(self, halt: Halt) -> None:
+        self.halted = halt
+        if self.save_on_halt:
+            self._save(str(self.save_on_halt).replace("{step}", str(halt.step)))
+        self.model.stop_training = True
+
+    def _save(self, path: str) -> None:
+        try:
+            if path.endswith(".weights.h5"):
+                self.model.save_weights(path)
+            else:
+                self.model.save(path)
+        except Exception as exc:  # a failed save must not keep a dying job running
+            self._log.error("nanwatch: could not save the model to %s before halting: %s", path, exc)
+        else:
+            self._log.warning("nanwatch: saved the model to %s before halting", path)
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._log.warning(message, *args)
+
+
+def _unsupported(model: Any) -> str | None:
+    if keras.backend.backend() != "tensorflow":
+        return f"nanwatch.keras measures training only on the TensorFlow backend, not {keras.backend.backend()}"
+    if not isinstance(model, keras.Model) or getattr(model, "optimizer", None) is None:
+        return "the model is not a compiled Keras 3 model (tf_keras/Keras 2 models are not supported)"
+    return None
+
+
+def _initial_step(model: Any) -> int:
+    """Where this run's step numbers start: the optimizer's iteration count (0 for a fresh model)."""
+    try:
+        return int(model.optimizer.iterations.numpy())
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _dtype_policy(model: Any) -> str:
+    policy = getattr(getattr(model, "dtype_policy", None), "name", None) or keras.config.dtype_policy().name
+    return policy if policy in protocol.DTYPE_POLICIES else "float32"

@@ -1,0 +1,255 @@
+"""Instrumenting a compiled Keras model for one ``fit``: what is patched, what the patches record, restoring.
+
+Four instance attributes are wrapped, none rewritten; each wrapper calls the original:
+
+- ``layer.call`` of every watched layer: remembers the layer's output and inputs, in the order the
+  forward pass reaches them (that order is the layer table);
+- ``model.compute_loss``: remembers the batch's own loss (``train_step`` calls it via ``_compute_loss``);
+- ``optimizer.apply`` (``apply_gradients`` calls it): remembers the gradients, the learning rate, the
+  loss scale and each weight just before and just after the update;
+- ``model.train_step``: brackets one step; after it, what was remembered becomes the step vector (see
+  ``_trace`` and ``_vector``), assigned to a pre-created variable.
+
+The reductions are added where their tensors are made (a layer's output in its ``call``, the gradients
+before the update), so no big tensor lives longer because of nanwatch. All of this happens while
+TensorFlow traces the step: it costs nothing per step beyond the ops it adds. The wrappers record only
+inside the training step's own graph (not in evaluate/predict traces, not inside a layer's inner loop
+such as an RNN cell's ``while_loop``, which is measured at the RNN layer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nanwatch.keras import _activations, _layers, _reductions, _trace, _vector
+
+_MISSING = object()
+
+
+class Instrumentation:
+    """The patches and device variables of one model's instrumented ``fit``."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        activation_stats: bool,
+        activation_stride: int,
+        logger: logging.Logger,
+        warned: set[str] | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = model.optimizer
+        self.activation_stats = activation_stats
+        self.stride = activation_stride
+        self._log = logger
+        self._warned = warned if warned is not None else set()
+        self.candidates = _layers.watched_layers(model)
+        self.layout = _vector.Layout(len(self.candidates))
+        self.observed: list[keras.Layer] = []  # watched layers in forward order; index = column
+        self._slot: dict[int, int] = {}
+        self._bounds = {id(layer): _layers.bounds(layer) for layer in self.candidates}
+        self._patched: list[tuple[Any, str, Any]] = []
+        self._trace: _trace.StepTrace | None = None
+        self.chunked = int(getattr(model, "steps_per_execution", 1) or 1) > 1
+        self.lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        self.loss_scaled = self.lso or getattr(self.optimizer, "loss_scale_factor", None) is not None
+        self.stats, self.step = self._make_variables()
+
+    # ------------------------------------------------------------------ install / restore
+
+    def install(self) -> None:
+        """Wrap the layers, loss, optimizer and train step, and make Keras retrace the step."""
+        if self.activation_stats:
+            for layer in self.candidates:
+                self._patch(layer, "call", self._wrap_call(layer, layer.call))
+        self._patch(self.model, "compute_loss", self._wrap_loss(self.model.compute_loss))
+        self._patch(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
+        self._patch(self.model, "train_step", self._wrap_step(self.model.train_step))
+        self.model.make_train_function(force=True)
+
+    def restore(self) -> None:
+        """Undo every patch (idempotent) and drop the instrumented step so the next fit retraces."""
+        while self._patched:
+            obj, name, previous = self._patched.pop()
+            if previous is _MISSING:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, previous)
+        self.model.make_train_function(force=True)
+
+    def _patch(self, obj: Any, name: str, wrapper: Any) -> None:
+        self._patched.append((obj, name, obj.__dict__.get(name, _MISSING)))
+        setattr(obj, name, wrapper)
+
+    def _make_variables(self) -> tuple[tf.Variable, tf.Variable]:
+        # ONLY_FIRST_REPLICA: under a MirroredStrategy the record is replica 0's view of the step.
+        with self.model.distribute_strategy.scope():
+            kwargs = {"trainable": False, "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA}
+            stats = tf.Variable(tf.zeros([self.layout.size]), name="nanwatch_stats", **kwargs)
+            step = tf.Variable(tf.constant(0, tf.int64), name="nanwatch_step", **kwargs)
+        return stats, step
+
+    # ------------------------------------------------------------------ host side
+
+    def read(self) -> np.ndarray:
+        """The step vector of the last ``train_function`` call (one device read); starts a new chunk."""
+        vec: np.ndarray = self.stats.numpy()
+        if self.chunked:
+            self.stats.assign(tf.zeros([self.layout.size]))
+        return vec
+
+    def set_step(self, step: int) -> None:
+        """The global step of the next training step (drives ``activation_stride``)."""
+        if self.stride > 1:
+            self.step.assign(step)
+
+    def table(self) -> list[dict[str, Any]]:
+        """The layer table: the observed layers in forward order."""
+        return _layers.table(self.observed, self.model.trainable_variables)
+
+    def warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._log.warning(message, *args)
+
+    # ------------------------------------------------------------------ wrappers
+
+    def _wrap_call(self, layer: keras.Layer, original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            outputs = original(*args, **kwargs)
+            trace = self._trace
+            if trace is not None:
+                self._observe(trace, layer, args[:1], outputs)
+            return outputs
+
+        return call
+
+    def _observe(self, trace: _trace.StepTrace, layer: keras.Layer, args: tuple[Any, ...], outputs: Any) -> None:
+        output = next((t for t in tf.nest.flatten(outputs) if isinstance(t, tf.Tensor)), None)
+        if output is None or not trace.owns(output) or self._slot.get(id(layer)) in trace.activations:
+            return  # not a tensor of this graph, or a shared layer's second call (the first one counts)
+        if id(layer) not in self._slot:
+            self._slot[id(layer)] = len(self.observed)
+            self.observed.append(layer)
+        slot = self._slot[id(layer)]
+        inputs = [t for t in tf.nest.flatten(args) if isinstance(t, tf.Tensor) and trace.owns(t)]
+        sources = tuple(trace.producers[id(t)] for t in inputs if id(t) in trace.producers)
+        own = [t for t in inputs if id(t) not in trace.producers]
+        parts = _activations.measure(output, own, self._bounds[id(layer)], trace.detail)
+        trace.activations[slot] = _reductions.Measured(slot, parts, sources)
+        trace.producers[id(output)] = slot
+
+    def _wrap_loss(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def compute_loss(*args: Any, **kwargs: Any) -> Any:
+            loss = original(*args, **kwargs)
+            trace = self._trace
+            if trace is not None and loss is not None and trace.owns(loss):
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                trace.loss = loss * replicas if replicas > 1 else loss  # undo Keras' per-replica scaling
+            return loss
+
+        return compute_loss
+
+    def _wrap_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def apply(grads: Any, trainable_variables: Any = None) -> Any:
+            trace = self._trace
+            if trace is None or trace.applied:
+                return original(grads, trainable_variables)
+            variables = list(trainable_variables) if trainable_variables is not None else None
+            if variables is None or not trace.current():
+                self.warn_once("apply", "nanwatch: %s.apply was called in a way nanwatch cannot follow "
+                               "(without variables, or inside a tf.cond); gradients are not reported",
+                               type(self.optimizer).__name__)  # fmt: skip
+                return original(grads, trainable_variables)
+            grads = self._before_apply(trace, list(grads), variables)
+            result = original(grads, trainable_variables)
+            trace.new = [tf.convert_to_tensor(v) for v in variables]
+            return result
+
+        return apply
+
+    def _before_apply(self, trace: _trace.StepTrace, grads: list[Any], variables: list[Any]) -> list[Any]:
+        """Measure the gradients and read the weights before the update; return the gradients to apply.
+
+        The update waits for the gradient reductions: then no reference of ours keeps a gradient's
+        buffer alive while the optimizer runs, so its element-wise ops can reuse that buffer in place as
+        they do without nanwatch (on CPU a fresh allocation per op costs more than the reduction).
+        """
+        trace.applied = True
+        slots = _layers.owners(self.observed, variables)
+        present = [g for g in grads if g is not None]
+        trace.slots = [s for g, s in zip(grads, slots, strict=True) if g is not None]
+        trace.old = [tf.convert_to_tensor(v) for v in variables]  # read before the update (auto control deps)
+        trace.weight_slots = slots
+        trace.lr = tf.cast(self.optimizer.learning_rate, tf.float32)
+        if self.lso:
+            self._build_optimizer(variables)
+            trace.scale = tf.convert_to_tensor(self.optimizer.dynamic_scale)
+        elif getattr(self.optimizer, "loss_scale_factor", None) is not None:
+            trace.scale = tf.constant(float(self.optimizer.loss_scale_factor))
+        if not present:
+            return grads
+        trace.grads = _reductions.gradient_stats(present, trace.detail)
+        with tf.control_dependencies([*trace.grads.parts, trace.grads.sizes]):
+            return [tf.identity(g) if isinstance(g, tf.Tensor) else g for g in grads]
+
+    def _build_optimizer(self, variables: list[Any]) -> None:
+        """Build the optimizer as its ``apply`` would (Keras builds it on the first trace), so that the
+        loss scale this step uses can be read before the update."""
+        if not self.optimizer.built:
+            with keras.name_scope(self.optimizer.name, caller=self.optimizer):
+                self.optimizer.build(variables)
+            self.optimizer.built = True
+
+    def _wrap_step(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def train_step(data: Any) -> Any:
+            eager = tf.executing_eagerly()
+            trace = _trace.StepTrace(graph=None if eager else tf.compat.v1.get_default_graph(), eager=eager)
+            if self.stride > 1:
+                trace.detail = tf.equal(self.step.read_value() % self.stride, 0)
+            self._trace = trace
+            try:
+                logs = original(data)
+            finally:
+                self._trace = None
+            self._record(trace)
+            return logs
+
+        return train_step
+
+    # ------------------------------------------------------------------ the step vector
+
+    def _record(self, trace: _trace.StepTrace) -> None:
+        self._warn_missing(trace)
+        inputs = _reductions.StepInputs(
+            grads=trace.grads, grad_slots=trace.slots, new=trace.new, old=trace.old if trace.applied else None,
+            weight_slots=trace.weight_slots or (), scale=trace.scale,
+            activations=[trace.activations[s] for s in sorted(trace.activations)],
+        )  # fmt: skip
+        raw = _reductions.read(inputs, trace.detail)
+        values = {
+            "loss": tf.cast(trace.loss, tf.float32) if trace.loss is not None else tf.constant(0.0),
+            "lr": trace.lr if trace.lr is not None else tf.constant(0.0),
+            "detail": tf.constant(1.0) if trace.detail is True else tf.cast(trace.detail, tf.float32),
+            "previous": self.stats.read_value() if self.chunked else tf.zeros([0]),
+        }
+        plan = _reductions.Plan.of(inputs, self.layout.slots)
+        self.stats.assign(_trace.step_vector(trace, plan, raw, values, self.layout, lso=self.lso, fold=self.chunked))
+        if self.stride > 1:
+            self.step.assign_add(1)
+
+    def _warn_missing(self, trace: _trace.StepTrace) -> None:
+        model = type(self.model).__name__
+        if trace.loss is None:
+            self.warn_once("loss", "nanwatch: %s.train_step does not call compute_loss(); the batch loss is not "
+                           "reported (logs['loss'] is the epoch's running mean, not the batch's)", model)  # fmt: skip
+        if not trace.applied:
+            self.warn_once("grads", "nanwatch: %s.train_step does not call optimizer.apply_gradients() or "
+                           "apply(); gradients, weights and updates are not reported", model)  # fmt: skip

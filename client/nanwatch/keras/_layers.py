@@ -1,0 +1,103 @@
+"""The layer table: which layers of a Keras model are watched, what they are called, who owns which weight."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import keras
+
+# Output ranges of the bounded activations whose saturation is measured (act_frac_saturated).
+BOUNDS: Final[dict[str, tuple[float, float]]] = {
+    "sigmoid": (0.0, 1.0),
+    "hard_sigmoid": (0.0, 1.0),
+    "softmax": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "softsign": (-1.0, 1.0),
+}
+_ACTIVATION_LAYERS: Final = {"Softmax": "softmax"}  # layers that are an activation without `.activation`
+
+
+def watched_layers(model: keras.Model) -> list[keras.Layer]:
+    """Every layer of ``model`` whose output is measured, depth first in definition order.
+
+    Models nested in the model are flattened into their layers (a nested model is a container, not a
+    computation); input layers are left out. For Sequential and Functional models this is forward order;
+    for subclassed models it is the order the layers were assigned in ``__init__``.
+    """
+    found: list[keras.Layer] = []
+    seen: set[int] = set()
+    _collect(model, found, seen)
+    return found
+
+
+def _collect(layer: keras.Layer, found: list[keras.Layer], seen: set[int]) -> None:
+    children = layer.layers if isinstance(layer, keras.Model) else getattr(layer, "_layers", [])
+    for child in children:
+        if id(child) in seen or isinstance(child, keras.layers.InputLayer):
+            continue
+        seen.add(id(child))
+        if not isinstance(child, keras.Model):
+            found.append(child)
+        _collect(child, found, seen)
+
+
+def owners(layers: Sequence[keras.Layer], variables: Iterable[Any]) -> list[int]:
+    """For each variable, the index in ``layers`` of the innermost layer holding it (-1 when none does).
+
+    A weight counts once, for the innermost watched layer (the LSTM cell's kernel belongs to the cell if
+    the cell is watched, else to the LSTM layer).
+    """
+    owner: dict[int, int] = {}
+    by_size = sorted(range(len(layers)), key=lambda i: -len(layers[i].trainable_variables))
+    for index in by_size:  # inner layers hold subsets of their parents' weights, so they come later
+        for variable in layers[index].trainable_variables:
+            owner[id(variable)] = index
+    return [owner.get(id(v), -1) for v in variables]
+
+
+def activation_name(layer: keras.Layer) -> str | None:
+    """The name of the layer's activation (``"relu"``), or None for a layer without one."""
+    if type(layer).__name__ in _ACTIVATION_LAYERS:
+        return _ACTIVATION_LAYERS[type(layer).__name__]
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    if isinstance(activation, str):
+        return activation
+    name = getattr(activation, "__name__", None) or type(activation).__name__
+    return str(name)
+
+
+def table(layers: Sequence[keras.Layer], variables: Sequence[Any]) -> list[dict[str, Any]]:
+    """The protocol's layer table for ``layers`` (in that order): name, kind, activation, params.
+
+    ``params`` counts the trainable parameters each layer owns (see :func:`owners`); names that repeat
+    (two nested models both holding a ``dense``) get a ``#2`` suffix so every row is distinct.
+    """
+    params = [0] * len(layers)
+    for variable, index in zip(variables, owners(layers, variables), strict=True):
+        if index >= 0:
+            params[index] += int(_size(variable))
+    rows, names = [], set()
+    for layer, count in zip(layers, params, strict=True):
+        name, k = layer.name, 2
+        while name in names:
+            name, k = f"{layer.name}#{k}", k + 1
+        names.add(name)
+        rows.append({"name": name, "kind": type(layer).__name__, "activation": activation_name(layer),
+                     "params": count})  # fmt: skip
+    return rows
+
+
+def bounds(layer: keras.Layer) -> tuple[float, float] | None:
+    """The output range of a bounded activation layer, None for unbounded ones."""
+    name = activation_name(layer)
+    return None if name is None else BOUNDS.get(name)
+
+
+def _size(variable: Any) -> int:
+    size = 1
+    for dim in variable.shape:
+        size *= int(dim)
+    return size

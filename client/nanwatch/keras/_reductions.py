@@ -1,0 +1,210 @@
+"""One step's per-layer statistics, in two stages.
+
+``read`` (TensorFlow ops on the big tensors) reduces every gradient, weight, update and layer output to
+a few numbers: one ``l2_loss`` per parameter tensor, a max, a min and a sum per output, plus, on detail
+steps, ``sum |g|``, ``||Δw||`` and the detail reductions of the outputs. ``finish`` turns those small
+vectors into ``[n_layers]`` fields with a few vectorised ops; it touches nothing big, so the caller can
+compile it (XLA) into one op: on CPU each TensorFlow op costs microseconds however small its input.
+
+Tiers: every step carries the global gradient norm, per-layer ``grad_norm``, ``weight_norm`` and the
+every-step activation fields (everything a non-finite value shows in); detail steps add
+``grad_mean_abs``, ``update_norm`` and the detail activation fields (``_activations``). The every-step
+reads switch to scale-safe, NaN-masked formulas (one ``tf.cond``) on a step where a quick one is not
+finite. The detail sums are plain float32: ``sum |g|`` overflows only past 3.4e38 and ``||Δw||`` past
+1.8e19, far beyond where the every-step norms have raised the alarm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+from nanwatch.keras import _activations, _norms
+
+__all__ = ["GradStats", "Measured", "Plan", "StepInputs", "finish", "gradient_stats", "read"]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One watched layer's output, already reduced (``_activations.measure``) where it was made.
+
+    ``sources``: the columns of the watched layers whose outputs this layer read.
+    """
+
+    slot: int
+    parts: tf.Tensor  # the vector ``_activations.measure`` returns
+    sources: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """Per-gradient reductions, taken where the gradients are made (before the optimizer uses them)."""
+
+    parts: _norms.Parts
+    abs_sums: tf.Tensor | None  # sum |g| per gradient; None without details, zeros on a strided-out step
+    sizes: tf.Tensor
+
+
+def gradient_stats(grads: Sequence[Any], detail: Any = True) -> GradStats:
+    """Norm parts of ``grads`` (scale-safe, see ``_norms``) and, on detail steps, their sums of ``|g|``.
+
+    ``detail`` is True, False, or a boolean tensor (then ``abs_sums`` is zeros on the other steps).
+    """
+    grads = [_norms.f32(g) for g in grads]
+    quick = _norms.quick_parts(grads)
+    parts = tf.cond(_norms.all_finite(quick[1]), lambda: quick, lambda: _norms.safe_parts(grads))
+    if isinstance(detail, bool):
+        abs_sums = _norms.sums_abs(grads) if detail else None
+    else:
+        abs_sums = tf.cond(detail, lambda: _norms.sums_abs(grads), lambda: tf.zeros([len(grads)]))
+    sizes = tf.stack([tf.cast(tf.size(g), tf.float32) for g in grads])
+    return GradStats(parts, abs_sums, sizes)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What one step hands over; ``*_slots`` give each tensor's layer column (-1: no watched layer).
+
+    ``old`` (the weights read before the update) enables ``update_norm``; ``scale`` (a loss scale) is
+    divided out of the gradients' statistics.
+    """
+
+    grads: GradStats | None = None
+    grad_slots: Sequence[int] = ()
+    new: Sequence[Any] = ()
+    old: Sequence[Any] | None = None
+    weight_slots: Sequence[int] = ()
+    activations: Sequence[Measured] = ()
+    scale: Any = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The static shape of one step's statistics: which tensors exist and which column each feeds."""
+
+    n_layers: int
+    grad_slots: tuple[int, ...] = ()
+    weight_slots: tuple[int, ...] = ()
+    act_slots: tuple[int, ...] = ()
+    act_sources: tuple[tuple[int, ...], ...] = ()
+    grads: bool = False
+    grad_details: bool = False
+    weights: bool = False
+    updates: bool = False
+    scaled: bool = False
+
+    @classmethod
+    def of(cls, inputs: StepInputs, n_layers: int) -> Plan:
+        acts = inputs.activations
+        index = {m.slot: i for i, m in enumerate(acts)}
+        return cls(
+            n_layers=n_layers,
+            grad_slots=tuple(inputs.grad_slots),
+            weight_slots=tuple(inputs.weight_slots),
+            act_slots=tuple(m.slot for m in acts),
+            act_sources=tuple(tuple(index[s] for s in m.sources if s in index) for m in acts),
+            grads=inputs.grads is not None,
+            grad_details=inputs.grads is not None and inputs.grads.abs_sums is not None,
+            weights=bool(inputs.new),
+            updates=bool(inputs.new) and inputs.old is not None,
+            scaled=inputs.scale is not None,
+        )
+
+
+# ---------------------------------------------------------------------- stage 1: read the big tensors
+
+
+def read(inputs: StepInputs, detail: Any = True) -> dict[str, Any]:
+    """The small raw vectors of one step; ``detail``: True, or a boolean tensor (a stride's step test)."""
+    new = [_norms.f32(w) for w in inputs.new]
+    raw: dict[str, Any] = {}
+    if inputs.grads is not None:
+        raw["grad_m"], raw["grad_s"] = inputs.grads.parts
+        raw["grad_sizes"] = inputs.grads.sizes
+        if inputs.grads.abs_sums is not None:
+            raw["grad_abs"] = inputs.grads.abs_sums
+    if inputs.scale is not None:
+        raw["scale"] = tf.cast(inputs.scale, tf.float32)
+    if new:
+        quick = _norms.quick_parts(new)
+        raw["weights"] = tf.cond(_norms.all_finite(quick[1]), lambda: quick, lambda: _norms.safe_parts(new))
+    if new and inputs.old is not None:
+        raw["delta_s"] = _when(detail, lambda: _update_squares(new, inputs.old or ()), len(new))
+    if inputs.activations:
+        raw["acts"] = _activations.stack([m.parts for m in inputs.activations])
+    return raw
+
+
+def _update_squares(new: Sequence[tf.Tensor], old: Sequence[Any]) -> tf.Tensor:
+    """``||new - old||^2 / 2`` per weight."""
+    return _norms.quick_parts([n - _norms.f32(o) for n, o in zip(new, old, strict=True)])[1]
+
+
+def _when(detail: Any, compute: Callable[[], tf.Tensor], size: int) -> tf.Tensor:
+    """``compute()`` on detail steps, zeros of ``[size]`` on the others."""
+    if detail is True:
+        return compute()
+    return tf.cond(detail, compute, lambda: tf.zeros([size]))
+
+
+# ---------------------------------------------------------------------- stage 2: finish (small vectors)
+
+
+def finish(plan: Plan, raw: dict[str, Any]) -> tuple[tf.Tensor | None, dict[str, tf.Tensor]]:
+    """The global gradient norm (None without gradients) and the ``[n_layers]`` fields of the step.
+
+    Layers without weights get 0.0 in the weight and gradient fields, layers not measured 0.0 in the
+    activation fields; fields with nothing behind them are left out.
+    """
+    fields: dict[str, tf.Tensor] = {}
+    global_norm = _param_norms(plan, raw, fields)
+    inverse = 1.0 / raw["scale"] if plan.scaled else tf.constant(1.0)
+    if plan.grad_details:
+        ids, n = _norms.columns(plan.grad_slots, plan.n_layers), plan.n_layers + 1
+        total = _norms.segment_sums(raw["grad_abs"], ids, n)
+        count = tf.maximum(_norms.segment_sums(raw["grad_sizes"], ids, n), 1.0)
+        fields["grad_mean_abs"] = (total / count)[: plan.n_layers] * inverse
+    if plan.updates:
+        ids = _norms.columns(plan.weight_slots, plan.n_layers)
+        parts = (tf.ones_like(raw["delta_s"]), raw["delta_s"])
+        fields["update_norm"] = _norms.segment_norms(parts, ids, plan.n_layers + 1)[: plan.n_layers]
+    if plan.act_slots:
+        fields.update(_scatter(_activations.fields(plan.act_sources, raw["acts"]), plan.act_slots, plan.n_layers))
+    if global_norm is not None:
+        fields["grad_norm"] = fields["grad_norm"] * inverse
+        global_norm = global_norm * inverse
+    return global_norm, fields
+
+
+def _param_norms(plan: Plan, raw: dict[str, Any], fields: dict[str, tf.Tensor]) -> tf.Tensor | None:
+    """Per-layer gradient and weight norms and the global gradient norm, in one segment reduction."""
+    n = plan.n_layers + 1
+    ms, ss, ids = [], [], []
+    if plan.grads:
+        ms += [raw["grad_m"], raw["grad_m"]]
+        ss += [raw["grad_s"], raw["grad_s"]]
+        ids += _norms.columns(plan.grad_slots, plan.n_layers) + [2 * n] * len(plan.grad_slots)
+    if plan.weights:
+        ms.append(raw["weights"][0])
+        ss.append(raw["weights"][1])
+        ids += _norms.columns(plan.weight_slots, plan.n_layers, n)
+    if not ids:
+        return None
+    norms = _norms.segment_norms((tf.concat(ms, 0), tf.concat(ss, 0)), ids, 2 * n + 1)
+    if plan.weights:
+        fields["weight_norm"] = norms[n : n + plan.n_layers]
+    if not plan.grads:
+        return None
+    fields["grad_norm"] = norms[: plan.n_layers]
+    return norms[2 * n]
+
+
+def _scatter(values: dict[str, tf.Tensor], slots: Sequence[int], n_layers: int) -> dict[str, tf.Tensor]:
+    """Per-activation vectors placed into ``[n_layers]`` columns (0.0 for layers not measured)."""
+    if list(slots) == list(range(n_layers)):
+        return values
+    index = tf.constant([[s] for s in slots], tf.int32)
+    return {k: tf.scatter_nd(index, v, [n_layers]) for k, v in values.items()}

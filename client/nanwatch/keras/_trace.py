@@ -1,0 +1,81 @@
+"""What one traced training step remembers, and the step vector made from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorflow as tf
+
+from nanwatch.keras import _reductions, _vector
+
+
+@dataclass
+class StepTrace:
+    """What one trace (or, under ``run_eagerly``, one run) of the training step has seen so far."""
+
+    graph: Any
+    eager: bool
+    activations: dict[int, _reductions.Measured] = field(default_factory=dict)
+    producers: dict[int, int] = field(default_factory=dict)  # id(output tensor) -> its layer's column
+    loss: Any = None
+    detail: Any = True  # True, or a boolean tensor under a stride: whether this step measures details
+    applied: bool = False
+    grads: _reductions.GradStats | None = None
+    old: list[Any] = field(default_factory=list)
+    new: list[Any] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    weight_slots: list[int] | None = None
+    lr: Any = None
+    scale: Any = None
+
+    def owns(self, tensor: Any) -> bool:
+        return self.eager or getattr(tensor, "graph", None) is self.graph
+
+    def current(self) -> bool:
+        """Whether code running now builds ops into this step's own graph (not a cond or loop body)."""
+        return self.eager or tf.compat.v1.get_default_graph() is self.graph
+
+
+def step_vector(
+    trace: StepTrace,
+    plan: _reductions.Plan,
+    raw: dict[str, Any],
+    values: dict[str, Any],
+    layout: _vector.Layout,
+    *,
+    lso: bool,
+    fold: bool,
+) -> tf.Tensor:
+    """The step vector of one step (folded into ``values["previous"]`` when ``fold``)."""
+    global_norm, fields = _reductions.finish(plan, raw)
+    # Under a LossScaleOptimizer a non-finite gradient means the scaler skips the step: that is the
+    # scaler's overflow, not the model's gradient, so the record says "skipped" instead.
+    keep = tf.math.is_finite(global_norm) if lso and global_norm is not None else tf.constant(True)
+    for name in _vector.GRAD_FIELDS:
+        if name in fields:
+            fields[name] = tf.where(keep, fields[name], 0.0)
+    flags = (trace.loss is not None, trace.applied, bool(plan.act_slots))
+    step = layout.pack(_scalars(values, global_norm, keep, raw.get("scale"), *flags), fields)
+    return layout.fold_into(values["previous"], step) if fold else step
+
+
+def _scalars(
+    values: dict[str, Any], global_norm: Any, keep: Any, scale: Any, has_loss: bool, applied: bool, has_acts: bool
+) -> dict[int, Any]:
+    """The step vector's scalar positions (see ``_vector``) for one step."""
+    scalars: dict[int, Any] = {_vector.STEPS: 1.0}
+    on, kept = values["detail"], tf.cast(keep, tf.float32)
+    if has_loss:
+        scalars[_vector.LOSS], scalars[_vector.LOSS_N] = values["loss"], 1.0
+    if applied:
+        scalars[_vector.APPLY_N], scalars[_vector.LR], scalars[_vector.UPDATE_N] = 1.0, values["lr"], on
+        scalars[_vector.SKIPPED] = 1.0 - kept
+    if global_norm is not None:
+        scalars[_vector.GRAD_NORM] = tf.where(keep, global_norm, 0.0)
+        scalars[_vector.GRAD_N], scalars[_vector.GRAD_DETAIL_N] = kept, kept * on
+    if scale is not None:
+        scalars[_vector.LOSS_SCALE] = scale
+    if has_acts:
+        scalars[_vector.ACT_N], scalars[_vector.ACT_DETAIL_N] = 1.0, on
+    return scalars
