@@ -11,9 +11,9 @@ part without ever missing a non-finite value:
 - detail steps (``DETAIL``): ``act_std``, ``act_frac_zero``, ``act_frac_saturated``,
   ``act_frac_zero_var``.
 
-The quick formulas assume finite values; when a quick result is not finite the masked ones run instead
-(a ``tf.cond`` per output): mean and std over the finite entries, max |x| +Inf when any entry is ±Inf,
-a row holding NaN never counted as zero-variance.
+The quick formulas assume finite values; when a quick result is not finite (a NaN or Inf entry, or a
+sum that overflowed) the masked ones run instead, in a ``tf.cond`` per output: mean and std over the
+finite entries, max |x| +Inf when any entry is ±Inf, a row holding NaN never counted as zero-variance.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ def safe_scale(m: tf.Tensor) -> tf.Tensor:
 
 
 def all_finite(values: tf.Tensor) -> tf.Tensor:
+    """Whether every element of ``values`` is finite."""
     return tf.reduce_all(tf.math.is_finite(values))
 
 

@@ -1,17 +1,17 @@
 """One step's per-layer statistics, in two stages.
 
-``read`` (TensorFlow ops on the big tensors) reduces every gradient, weight, update and layer output to
-a few numbers: one ``l2_loss`` per parameter tensor, a max, a min and a sum per output, plus, on detail
-steps, ``sum |g|``, ``||Δw||`` and the detail reductions of the outputs. ``finish`` turns those small
-vectors into ``[n_layers]`` fields with a few vectorised ops; it touches nothing big, so the caller can
-compile it (XLA) into one op: on CPU each TensorFlow op costs microseconds however small its input.
+``read`` reduces every gradient, weight and update to a few numbers (one ``l2_loss`` per parameter
+tensor, and on detail steps ``sum |g|`` and ``||Δw||``) and stacks what ``_activations.measure`` made of
+the layer outputs. ``finish`` turns those small vectors into ``[n_layers]`` fields with a handful of
+vectorised ops (segment sums by layer column): on CPU each TensorFlow op costs microseconds however
+small its input, so nothing is done per tensor that can be done once for all.
 
 Tiers: every step carries the global gradient norm, per-layer ``grad_norm``, ``weight_norm`` and the
 every-step activation fields (everything a non-finite value shows in); detail steps add
-``grad_mean_abs``, ``update_norm`` and the detail activation fields (``_activations``). The every-step
-reads switch to scale-safe, NaN-masked formulas (one ``tf.cond``) on a step where a quick one is not
-finite. The detail sums are plain float32: ``sum |g|`` overflows only past 3.4e38 and ``||Δw||`` past
-1.8e19, far beyond where the every-step norms have raised the alarm.
+``grad_mean_abs``, ``update_norm`` and the detail activation fields. Gradient and weight norms switch
+to the scale-safe parts (``_norms``, one ``tf.cond`` each) on a step where a quick one is not finite.
+The detail sums are plain float32: ``sum |g|`` overflows only past 3.4e38 and ``||Δw||`` past 1.8e19,
+far beyond where the every-step norms have raised the alarm.
 """
 
 from __future__ import annotations
