@@ -118,8 +118,7 @@ class Engine:
             return self.store.deliverable_commands(state.run_id, now, self.settings.redelivery_s)
 
     def _save_state(self, state: RunState, batch: dict[str, Any], stored: int, now: float) -> None:
-        row = self.store.get_run(state.run_id)
-        assert row is not None
+        self.store.count_records(state.run_id, stored=stored, dropped=batch["dropped"])
         self.store.update_run(
             state.run_id,
             last_seen=now,
@@ -127,8 +126,6 @@ class Engine:
             status=state.status,
             health=state.health,
             steps_to_nonfinite=state.steps_to_nonfinite,
-            records=row["records"] + stored,
-            dropped=max(row["dropped"], batch["dropped"]),
             last_attempt=batch["attempt"],
         )
 

@@ -121,3 +121,11 @@ def test_commands_are_delivered_once_then_again_only_after_the_redelivery_delay(
     assert acked is not None and acked["acked_step"] == 2
     assert store.deliverable_commands("r", 500.0, 30.0) == []
     assert store.ack_command("r", "unknown", 2, 51.0) is None
+
+
+def test_record_counts_add_up_and_the_drop_count_only_rises(store: Store) -> None:
+    store.upsert_run("r", SPEC, 1.0)
+    store.count_records("r", stored=5, dropped=3)
+    store.count_records("r", stored=2, dropped=1)  # an older client counter arriving late
+    row = store.get_run("r")
+    assert row is not None and row["records"] == 7 and row["dropped"] == 3

@@ -44,6 +44,9 @@ class Store(Protocol):
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set run columns: last_seen, last_step, status, health, steps_to_nonfinite, halt, counters."""
 
+    def count_records(self, run_id: str, *, stored: int, dropped: int) -> None:
+        """Add ``stored`` records to the run's count; raise its client drop count to ``dropped``."""
+
     def list_runs(
         self, *, status: str | None, team: str | None, stale_before: float, limit: int, offset: int
     ) -> list[dict[str, Any]]:

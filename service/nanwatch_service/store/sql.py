@@ -158,6 +158,15 @@ class SqlStore:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*fields.values(), run_id))
 
+    def count_records(self, run_id: str, *, stored: int, dropped: int) -> None:
+        """Add ``stored`` to the run's record count and raise its drop count to ``dropped``, in SQL, so
+        concurrent replicas never lose an increment."""
+        self._execute(
+            "UPDATE runs SET records = records + ?,"
+            " dropped = CASE WHEN dropped > ? THEN dropped ELSE ? END WHERE run_id = ?",
+            (stored, dropped, dropped, run_id),
+        )
+
     def list_runs(
         self, *, status: str | None, team: str | None, stale_before: float, limit: int, offset: int
     ) -> list[dict[str, Any]]:
