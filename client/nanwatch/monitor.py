@@ -10,9 +10,11 @@ the commands in the reply. Monitors share no state, so several can live in one p
 Delivery. Records are delivered at least once, in order, within the buffer's bound: a batch that fails
 (network error, timeout, 5xx, 408, 429) goes back to the front of the buffer and is retried with
 exponential backoff; a full buffer drops its oldest records and counts them in ``dropped``, which every
-batch reports to the service. A 404 means the service lost the run, so the registration is re-sent and
-the batch retried. Any other 4xx is a client bug: that batch is dropped (and counted) after one ERROR
-line, so it cannot loop. ``close()`` flushes what is buffered within its timeout and sends ``final``.
+batch reports to the service (a batch whose reply was lost may have been stored before the requeue
+dropped it, so ``dropped`` bounds what is missing from above). A 404 means the service lost the run, so
+the registration is re-sent and the batch retried. Any other 4xx is a client bug: that batch is dropped
+(and counted) after one ERROR line, so it cannot loop. ``close()`` flushes what is buffered within its
+timeout and sends ``final``.
 
 Commands. A halt arrives in the reply to an ingest request; it stays pending until a ``log_step`` reaches
 its ``at_step`` (at once when it has none), yields one ``Halt`` there and is acknowledged in the next

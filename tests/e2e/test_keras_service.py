@@ -108,7 +108,11 @@ def test_training_carries_on_through_a_service_outage_and_the_backlog_arrives_up
         steps = [r["step"] for r in rows]
         assert steps == sorted(steps) and steps[-1] == 599 and view["status"] == "finished"
         assert any(50 < s < 450 for s in steps)  # written during the outage, delivered after it
-        assert view["dropped"] > 0 and len(steps) == 600 - view["dropped"]
+        assert len(set(steps)) == len(steps)  # a re-sent batch is stored once
+        # Every record missing from the store was counted as dropped. The count may also hold records the
+        # service committed just before it was killed (their reply was lost, the client requeued them and
+        # the full buffer then dropped them), so it is an upper bound, not an equality.
+        assert view["dropped"] > 0 and 600 - len(steps) <= view["dropped"] <= 600 - 50
         assert callback.monitor.dropped == view["dropped"]
     finally:
         service.stop()
