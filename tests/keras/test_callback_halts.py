@@ -82,12 +82,14 @@ def test_nan_that_never_reaches_the_loss_is_reported_where_it_appears(recorder: 
         finite_outputs = np.concatenate([x[16:24, 0], np.log(x[16:24, 1])])
     expected_max = np.nanmax(np.abs(finite_outputs))
     assert fitted.records[2]["layers"]["act_max_abs"][0] == pytest.approx(float(expected_max))  # over the finite
-    assert all(math.isfinite(r["layers"]["weight_norm"][names.index("head")]) for r in fitted.records)
+    weighed = [r for r in fitted.records if "weight_norm" in r["layers"]]  # detail steps (every 10th)
+    assert weighed and all(math.isfinite(r["layers"]["weight_norm"][names.index("head")]) for r in weighed)
     assert fitted.callback.halted is None  # no loss or gradient went non-finite: the service decides
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist for variables")  # the spare layer's, by design
-def test_a_nan_weight_is_reported_at_the_step_it_appears(recorder: Recorder) -> None:
+@pytest.mark.parametrize("stride", [1, 10])
+def test_a_nan_weight_is_reported_at_the_step_it_appears(recorder: Recorder, stride: int) -> None:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
     used = keras.layers.Dense(1, name="used")(inputs)
@@ -102,12 +104,16 @@ def test_a_nan_weight_is_reported_at_the_step_it_appears(recorder: Recorder) -> 
             if batch == 2:
                 spare.bias.assign([math.nan])
 
-    fitted = fit_watched(model, x, (y, y), recorder, callbacks=[Poison()], batch_size=8)
+    watch = {"activation_stride": stride}
+    fitted = fit_watched(model, x, (y, y), recorder, callbacks=[Poison()], batch_size=8, watch=watch)
 
     column = [row["name"] for row in fitted.run["layers"]].index("spare")
-    weight_norms = [r["layers"]["weight_norm"][column] for r in fitted.records]
-    assert [math.isnan(w) for w in weight_norms] == [False, False, True, True]
+    # every step: the poisoned layer's own output shows the NaN weight at the step it appears
     assert [r["layers"]["act_frac_nonfinite"][column] for r in fitted.records] == [0.0, 0.0, 1.0, 1.0]
+    weighed = [r for r in fitted.records if "weight_norm" in r["layers"]]
+    weight_norms = {r["step"]: r["layers"]["weight_norm"][column] for r in weighed}
+    assert sorted(weight_norms) == list(range(0, 4, stride))  # the weight norms themselves: detail steps only
+    assert [math.isnan(w) for w in weight_norms.values()] == [s >= 2 for s in weight_norms]
     assert all(math.isfinite(r["loss"]) for r in fitted.records)
 
 

@@ -29,7 +29,7 @@ def _groups(model: keras.Model, names: list[str]) -> list[list[int]]:
 def test_every_step_reports_the_layers_in_forward_order(kind: str, recorder: Recorder) -> None:
     model = models.compiled(kind)
     x, y = models.data()
-    fitted = fit_watched(model, x, y, recorder, batch_size=BATCH, epochs=2)
+    fitted = fit_watched(model, x, y, recorder, batch_size=BATCH, epochs=2, watch={"activation_stride": 1})
 
     assert [r["step"] for r in fitted.records] == list(range(2 * STEPS))
     table = fitted.run["layers"]
@@ -107,17 +107,23 @@ def test_steps_per_execution_reports_one_record_per_chunk(recorder: Recorder) ->
         assert record["grad_norm"] == pytest.approx(max(ref.grad_norm(s) for s in steps), rel=1e-4)
 
 
-def test_activation_stride_thins_out_the_detail_fields_only(recorder: Recorder) -> None:
+@pytest.mark.parametrize("stride", [3, None])
+def test_activation_stride_thins_out_the_detail_fields_only(recorder: Recorder, stride: int | None) -> None:
     model = models.compiled("sequential")
-    x, y = models.data(n=96)
+    x, y = models.data(n=16 * 24)
 
-    records = fit_watched(model, x, y, recorder, batch_size=BATCH, watch={"activation_stride": 3}).records
+    watch = {} if stride is None else {"activation_stride": stride}
+    records = fit_watched(model, x, y, recorder, batch_size=BATCH, watch=watch).records
 
-    detail = {"act_std", "act_frac_zero", "act_frac_saturated", "act_frac_zero_var", "grad_mean_abs", "update_norm"}
+    every = stride or 10  # the default
+    detail = {"act_std", "act_frac_zero", "act_frac_saturated", "act_frac_zero_var", "grad_mean_abs", "update_norm",
+              "weight_norm"}  # fmt: skip
+    assert len(records) == 24
     for record in records:
         fields = set(record["layers"])
-        assert {"act_max_abs", "act_frac_nonfinite", "act_mean", "in_max_abs", "grad_norm", "weight_norm"} <= fields
-        assert (detail <= fields) == (record["step"] % 3 == 0), record["step"]
+        assert {"act_max_abs", "act_frac_nonfinite", "act_mean", "in_max_abs", "grad_norm"} <= fields
+        assert fields - detail == set(keras_fields()) - detail
+        assert (detail <= fields) == (record["step"] % every == 0), record["step"]
 
 
 def test_mixed_float16_reports_unscaled_norms_and_the_loss_scale(recorder: Recorder) -> None:

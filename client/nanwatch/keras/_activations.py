@@ -1,19 +1,21 @@
 """Activation statistics of the watched layers, from the outputs the training step's forward pass made.
 
-``measure`` runs where a layer's output is made (inside the layer's wrapped ``call``), so each output is
-reduced to a dozen scalars at once and nothing of ours keeps the big tensor alive until the end of the
-step (that would cost the allocator its buffer reuse). Two tiers, so that a stride thins out the costly
-part without ever missing a non-finite value:
+Two stages, so that the per-layer work is the bare reductions and everything else runs once for all
+layers (on CPU each TensorFlow op and each ``tf.cond`` costs microseconds however small its input):
 
-- every step (``EVERY_STEP``): ``act_max_abs``, ``act_mean``, ``act_frac_nonfinite`` and
-  ``in_max_abs``, from three plain reductions (max, min, sum); an input that is another watched layer's
-  output is not read again (that layer's ``act_max_abs`` is its max);
-- detail steps (``DETAIL``): ``act_std``, ``act_frac_zero``, ``act_frac_saturated``,
-  ``act_frac_zero_var``.
+- :func:`quick`, where a layer's output is made (inside its wrapped ``call``): ``max``, ``min`` and
+  ``sum`` of the output and the max |x| of the inputs no watched layer produced, as one small vector.
+  NaN or Inf anywhere in the output shows in the sum.
+- :func:`parts`, once for all layers at the end of the forward pass: one ``tf.cond`` on whether every
+  quick value is finite. On the usual finite step it derives ``act_max_abs``, ``act_mean`` and
+  ``act_frac_nonfinite`` (0) from the quick values and, on detail steps only (a nested ``tf.cond`` under
+  a stride), adds ``act_std``, ``act_frac_zero``, ``act_frac_saturated`` and ``act_frac_zero_var`` from
+  one more pass over each output. On a step where some quick value is not finite (a NaN or Inf entry, or
+  a sum that overflowed) the masked formulas run for the layers concerned: mean and std over the finite
+  entries, max |x| +Inf when any entry is ±Inf, a row holding NaN never counted as zero-variance.
 
-The quick formulas assume finite values; when a quick result is not finite (a NaN or Inf entry, or a
-sum that overflowed) the masked ones run instead, in a ``tf.cond`` per output: mean and std over the
-finite entries, max |x| +Inf when any entry is ±Inf, a row holding NaN never counted as zero-variance.
+``parts`` keeps the outputs referenced until it runs, i.e. until the forward pass ends; the backward pass
+needs nearly all of them until later anyway.
 """
 
 from __future__ import annotations
@@ -27,64 +29,98 @@ from nanwatch.keras._norms import INF, f32, safe_scale
 
 EVERY_STEP: Final = ("act_mean", "act_max_abs", "act_frac_nonfinite", "in_max_abs")
 DETAIL: Final = ("act_std", "act_frac_zero", "act_frac_saturated", "act_frac_zero_var")
+QUICK: Final = ("max", "min", "sum", "in_top")
+"""The order of the values in the vector :func:`quick` returns."""
 _DETAIL_PARTS: Final = ("s2", "zero_var", "nonzero", "saturated")
 _MEASURED: Final = ("top", "s1", "finite", "scale", "constant", "in_top", *_DETAIL_PARTS)
 PARTS: Final = (*_MEASURED, "n", "rows")
-"""The order of the parts in the vector :func:`measure` returns."""
+"""The order of the columns of the matrix :func:`parts` returns."""
 _SATURATION_EPS: Final = 1e-7
 Parts = dict[str, tf.Tensor]
+Bounds = tuple[float, float] | None
 
 
-def measure(output: Any, inputs: Sequence[Any], bounds: tuple[float, float] | None, detail: Any = True) -> tf.Tensor:
-    """The parts of one output as one vector (``PARTS`` order); ``inputs``: the layer inputs that no
-    watched layer produced.
+def quick(output: Any, inputs: Sequence[Any]) -> tf.Tensor:
+    """``max``, ``min``, ``sum`` of ``output`` and max |x| of ``inputs`` (the layer inputs that no watched
+    layer produced), as one vector in ``QUICK`` order."""
+    x = f32(output)
+    tops = [tf.maximum(tf.abs(tf.reduce_max(t)), tf.abs(tf.reduce_min(t))) for t in (f32(t) for t in inputs)]
+    return tf.stack([tf.reduce_max(x), tf.reduce_min(x), tf.reduce_sum(x), _top_of(tops)])
 
-    ``detail``: True, or a boolean tensor (a stride's step test; the detail parts are 0 when False).
-    The parts travel as one vector so that each ``tf.cond`` has few inputs and outputs: on CPU every op
-    and every branch input costs microseconds, more than the reductions themselves on small outputs.
+
+def parts(
+    outputs: Sequence[Any],
+    inputs: Sequence[Sequence[Any]],
+    bounds: Sequence[Bounds],
+    quicks: Sequence[tf.Tensor],
+    detail: Any = True,
+) -> tf.Tensor:
+    """The ``[layers, len(PARTS)]`` matrix of the outputs' parts, from their :func:`quick` vectors.
+
+    ``detail``: True, or a boolean tensor (a stride's step test; the detail columns are 0 when False).
     """
-    x, own = f32(output), [f32(t) for t in inputs]
-    quick = _quick(x, own)
-    if detail is True:
-        quick.update(_quick_detail(x, bounds))
-    else:
-        zeros = tf.zeros([len(_DETAIL_PARTS)])
-        detail_parts = tf.cond(detail, lambda: _vector_of(_quick_detail(x, bounds), _DETAIL_PARTS), lambda: zeros)
-        quick.update(zip(_DETAIL_PARTS, tf.unstack(detail_parts), strict=True))
-    quick_vector = _vector_of(quick, _MEASURED)
-    ok = tf.reduce_all(tf.math.is_finite(quick_vector))
-    parts = tf.cond(ok, lambda: quick_vector, lambda: _vector_of(_masked(x, own, bounds), _MEASURED))
-    rows = tf.cast(tf.shape(x)[0], tf.float32) if x.shape.rank else tf.constant(1.0)
-    return tf.concat([parts, tf.stack([tf.cast(tf.size(x), tf.float32), rows])], 0)
+    xs, owns = [f32(x) for x in outputs], [[f32(t) for t in ts] for ts in inputs]
+    q = tf.stack(quicks)
+    sizes = tf.stack([tf.cast(tf.size(x), tf.float32) for x in xs])
+    rows = tf.stack([tf.cast(tf.shape(x)[0], tf.float32) if x.shape.rank else tf.constant(1.0) for x in xs])
+
+    def details() -> tf.Tensor:
+        return tf.stack([_vector_of(_quick_detail(x, b), _DETAIL_PARTS) for x, b in zip(xs, bounds, strict=True)])
+
+    def masked() -> tf.Tensor:
+        fine = tf.concat([_from_quick(q, sizes), details()], 1)
+        ok = tf.reduce_all(tf.math.is_finite(fine), axis=1)
+        bad = tf.stack([_vector_of(_masked(x, own, b), _MEASURED) for x, own, b in zip(xs, owns, bounds, strict=True)])
+        return tf.where(ok[:, None], fine, bad)
+
+    def with_details() -> tf.Tensor:  # a sum of squares that overflowed goes the masked (scaled) way too
+        extra = details()
+        return tf.cond(_all_finite(extra), lambda: tf.concat([_from_quick(q, sizes), extra], 1), masked)
+
+    def finite() -> tf.Tensor:
+        if detail is True:
+            return with_details()
+        without = tf.concat([_from_quick(q, sizes), tf.zeros([len(xs), len(_DETAIL_PARTS)])], 1)
+        return tf.cond(detail, with_details, lambda: without)
+
+    measured = tf.cond(_all_finite(q), finite, masked)
+    return tf.concat([measured, tf.stack([sizes, rows], 1)], 1)
+
+
+def _all_finite(values: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_all(tf.math.is_finite(values))
+
+
+def _from_quick(q: tf.Tensor, sizes: tf.Tensor) -> tf.Tensor:
+    """The every-step parts (``_MEASURED`` order up to ``in_top``) of finite outputs from their quick values."""
+    top, bottom = q[:, 0], q[:, 1]
+    return tf.stack(
+        [
+            tf.maximum(tf.abs(top), tf.abs(bottom)),
+            q[:, 2],
+            sizes,
+            tf.ones_like(top),
+            tf.cast(tf.equal(top, bottom), tf.float32),
+            q[:, 3],
+        ],
+        1,
+    )
 
 
 def _vector_of(parts: Parts, keys: Sequence[str]) -> tf.Tensor:
     return tf.stack([parts[k] for k in keys])
 
 
-def _quick(x: tf.Tensor, own: Sequence[tf.Tensor]) -> Parts:
-    top, bottom = tf.reduce_max(x), tf.reduce_min(x)
-    tops = [tf.maximum(tf.abs(tf.reduce_max(t)), tf.abs(tf.reduce_min(t))) for t in own]
-    return {
-        "top": tf.maximum(tf.abs(top), tf.abs(bottom)),
-        "s1": tf.reduce_sum(x),  # NaN or Inf anywhere shows here, whatever max and min made of it
-        "finite": tf.cast(tf.size(x), tf.float32),
-        "scale": tf.constant(1.0),
-        "constant": tf.cast(tf.equal(top, bottom), tf.float32),
-        "in_top": _top_of(tops),
-    }
-
-
-def _quick_detail(x: tf.Tensor, bounds: tuple[float, float] | None) -> Parts:
+def _quick_detail(x: tf.Tensor, bounds: Bounds) -> Parts:
     return {
         "s2": 2.0 * tf.nn.l2_loss(x),
         "zero_var": _zero_var_rows(x, masked=False),
-        "nonzero": tf.cast(tf.math.count_nonzero(x), tf.float32),
+        "nonzero": tf.math.count_nonzero(x, dtype=tf.float32),  # a float count: no int64 temporary
         "saturated": _saturated(x, bounds),
     }
 
 
-def _masked(x: tf.Tensor, own: Sequence[tf.Tensor], bounds: tuple[float, float] | None) -> Parts:
+def _masked(x: tf.Tensor, own: Sequence[tf.Tensor], bounds: Bounds) -> Parts:
     finite = tf.math.is_finite(x)
     scale = safe_scale(tf.reduce_max(tf.where(finite, tf.abs(x), 0.0)))
     y = tf.where(finite, x, 0.0) / scale
@@ -98,7 +134,7 @@ def _masked(x: tf.Tensor, own: Sequence[tf.Tensor], bounds: tuple[float, float] 
         "in_top": _top_of([_max_abs(t) for t in own]),
         "s2": 2.0 * tf.nn.l2_loss(y),
         "zero_var": _zero_var_rows(x, masked=True),
-        "nonzero": tf.cast(tf.math.count_nonzero(x), tf.float32),
+        "nonzero": tf.math.count_nonzero(x, dtype=tf.float32),  # a float count: no int64 temporary
         "saturated": _saturated(x, bounds),
     }
 
@@ -126,7 +162,7 @@ def _max_abs(x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.where(tf.math.is_nan(x), 0.0, tf.abs(x)))
 
 
-def _saturated(x: tf.Tensor, bounds: tuple[float, float] | None) -> tf.Tensor:
+def _saturated(x: tf.Tensor, bounds: Bounds) -> tf.Tensor:
     if bounds is None:
         return tf.constant(0.0)
     low, high = bounds
@@ -137,13 +173,13 @@ def _saturated(x: tf.Tensor, bounds: tuple[float, float] | None) -> tf.Tensor:
 # ---------------------------------------------------------------------- finishing (one value per output)
 
 
-def stack(measured: Sequence[tf.Tensor]) -> Parts:
-    """The :func:`measure` vectors of several outputs as one vector per part."""
-    return dict(zip(PARTS, tf.unstack(tf.stack(measured), axis=1), strict=True))
+def columns(matrix: tf.Tensor) -> Parts:
+    """The :func:`parts` matrix as one vector per part."""
+    return dict(zip(PARTS, tf.unstack(matrix, axis=1), strict=True))
 
 
 def fields(sources: Sequence[Sequence[int]], p: Parts) -> Parts:
-    """The ``act_*`` statistics and ``in_max_abs`` per output from :func:`stack`ed parts.
+    """The ``act_*`` statistics and ``in_max_abs`` per output from the :func:`columns` of :func:`parts`.
 
     ``sources[i]``: positions (in the stack) of the watched layers whose outputs output ``i`` read.
     """

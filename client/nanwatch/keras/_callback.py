@@ -24,9 +24,14 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
     the step was skipped (a skipped step's gradients are not sent: they are the scaler's overflow, not
     the model's). All of it is reduced on the device inside the training step, written to one variable
     and read as one small vector per step. The layer table is the watched layers in the order the forward
-    pass reaches them (nested models flattened into their layers). Cost: a few reductions per weight and
-    per layer output, i.e. some tens of extra TensorFlow ops per step; on a small model on CPU, whose step
-    is mostly per-op overhead, that is far from free, and ``activation_stride`` thins out part of it.
+    pass reaches them (nested models flattened into their layers).
+
+    Cost. Every step: one ``l2_loss`` per gradient and ``max``, ``min``, ``sum`` per layer output (enough
+    to name any NaN/Inf at the step it appears and to watch gradient growth and overflow headroom), and
+    one small vector handed back with the step's own outputs. Every ``activation_stride``-th step (10 by
+    default) also the detail statistics: weight and update norms, mean |g|, activation std and fractions.
+    ``bench/RESULTS.md`` has the measured overhead; ``activation_stride=1`` buys per-step details at
+    several times the cost, ``activation_stats=False`` drops the layer outputs altogether.
 
     Args:
         url, run_id, token, name, team: as for :class:`nanwatch.Monitor` (``url`` defaults to
@@ -35,12 +40,16 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             non-finite loss or gradient stops ``fit`` at that very step without asking the service.
         activation_stats: measure layer outputs (wraps each layer's ``call``; the statistics come from
             the training step's own forward pass, never a second one).
-        activation_stride: take the detail statistics only every k-th step: ``act_std``,
-            ``act_frac_zero``, ``act_frac_saturated``, ``act_frac_zero_var``, ``grad_mean_abs`` and
-            ``update_norm`` (a ``tf.cond`` on an in-graph step counter skips their reductions on the
-            other steps, whose records leave those fields out). Every step still carries the loss,
-            learning rate, gradient and weight norms, ``act_max_abs``, ``act_mean``,
-            ``act_frac_nonfinite`` and ``in_max_abs``, so no non-finite value is ever missed.
+        activation_stride: take the detail statistics only every k-th step (default 10): ``act_std``,
+            ``act_frac_zero``, ``act_frac_saturated``, ``act_frac_zero_var``, ``grad_mean_abs``,
+            ``weight_norm`` and ``update_norm`` (a ``tf.cond`` on an in-graph step counter skips their
+            reductions on the other steps, whose records leave those fields out). Every step still
+            carries the loss, learning rate, global and per-layer gradient norms, ``act_max_abs``,
+            ``act_mean``, ``act_frac_nonfinite`` and ``in_max_abs``, so no non-finite value is missed: a
+            weight that turned non-finite shows in the next forward pass's outputs and gradients.
+            Gradient norms are taken in float32 without a second, scale-safe pass (it would keep every
+            gradient referenced and cost the optimizer its in-place updates): a norm above ~2.6e19,
+            whose square overflows, reads as +Inf.
         lockstep: wait at each batch end, at most ``lockstep_timeout`` seconds and never while the service
             is unreachable, for the service's verdict on this step (:meth:`nanwatch.Monitor.sync`), so a
             detector's halt lands at the very step that earned it. Off by default: the training step then
@@ -73,7 +82,7 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         token: str | None = None,
         halt_on: str = "critical",
         activation_stats: bool = True,
-        activation_stride: int = 1,
+        activation_stride: int = 10,
         save_on_halt: str | None = None,
         lockstep: bool = False,
         lockstep_timeout: float = 1.0,

@@ -10,7 +10,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from nanwatch.keras import _activations, _layers, _reductions
+from nanwatch.keras import _layers, _reductions
 
 
 def layer_table(model: keras.Model) -> list[dict[str, Any]]:
@@ -96,9 +96,9 @@ def step_statistics(
     return kwargs
 
 
-def _measured(layers: Sequence[keras.Layer], given: Mapping[str, Any]) -> list[_reductions.Measured]:
+def _measured(layers: Sequence[keras.Layer], given: Mapping[str, Any]) -> _reductions.Activations | None:
     rows = _layers.table(layers, [])
-    measured: list[_reductions.Measured] = []
+    observed: list[_reductions.Observed] = []
     producers: dict[int, int] = {}
     for slot, (layer, row) in enumerate(zip(layers, rows, strict=True)):
         value = given.get(row["name"])
@@ -107,6 +107,6 @@ def _measured(layers: Sequence[keras.Layer], given: Mapping[str, Any]) -> list[_
         output, inputs = value if isinstance(value, tuple) else (value, ())
         own = [t for t in inputs if id(t) not in producers]
         sources = tuple(producers[id(t)] for t in inputs if id(t) in producers)
-        measured.append(_reductions.Measured(slot, _activations.measure(output, own, _layers.bounds(layer)), sources))
+        observed.append(_reductions.Observed.of(slot, output, own, _layers.bounds(layer), sources))
         producers[id(output)] = slot
-    return measured
+    return _reductions.measure(observed)

@@ -8,7 +8,11 @@ Four instance attributes are wrapped, none rewritten; each wrapper calls the ori
 - ``optimizer.apply`` (``apply_gradients`` calls it): remembers the gradients, the learning rate, the
   loss scale and each weight just before and just after the update;
 - ``model.train_step``: brackets one step; after it, what was remembered becomes the step vector (see
-  ``_trace`` and ``_vector``), assigned to a pre-created variable.
+  ``_trace`` and ``_vector``). The step returns it as one more output beside its logs, which a wrapper of
+  ``model.train_function`` takes out before Keras sees the logs: the callback then reads an output the
+  step already produced instead of running an eager variable read (about 0.1 ms per step on CPU). Under
+  ``steps_per_execution > 1`` (steps fold into one vector) and with several replicas (Keras would average
+  them), the vector is assigned to a pre-created variable instead and read from there.
 
 The reductions are added where their tensors are made (a layer's output in its ``call``, the gradients
 before the update), so no big tensor lives longer because of nanwatch. All of this happens while
@@ -27,9 +31,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nanwatch.keras import _activations, _layers, _reductions, _trace, _vector
+from nanwatch.keras import _layers, _reductions, _trace, _vector
 
 _MISSING = object()
+_VECTOR_KEY = "__nanwatch_step_vector__"  # the step's extra output, removed before Keras sees the logs
 
 
 class Instrumentation:
@@ -61,6 +66,7 @@ class Instrumentation:
         self.lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self.loss_scaled = self.lso or getattr(self.optimizer, "loss_scale_factor", None) is not None
         self.stats, self.step = self._make_variables()
+        self._vector: Any = None  # the step vector the last train_function call returned, if it did
 
     # ------------------------------------------------------------------ install / restore
 
@@ -73,6 +79,7 @@ class Instrumentation:
         self._patch(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
         self._patch(self.model, "train_step", self._wrap_step(self.model.train_step))
         self.model.make_train_function(force=True)
+        self.model.train_function = self._wrap_function(self.model.train_function)
 
     def restore(self) -> None:
         """Undo every patch (idempotent) and drop the instrumented step so the next fit retraces."""
@@ -99,7 +106,10 @@ class Instrumentation:
     # ------------------------------------------------------------------ host side
 
     def read(self) -> np.ndarray:
-        """The step vector of the last ``train_function`` call (one device read); starts a new chunk."""
+        """The step vector of the last ``train_function`` call; starts a new chunk."""
+        returned, self._vector = self._vector, None
+        if returned is not None:
+            return np.asarray(returned)
         vec: np.ndarray = self.stats.numpy()
         if self.chunked:
             self.stats.assign(tf.zeros([self.layout.size]))
@@ -133,7 +143,7 @@ class Instrumentation:
 
     def _observe(self, trace: _trace.StepTrace, layer: keras.Layer, args: tuple[Any, ...], outputs: Any) -> None:
         output = next((t for t in tf.nest.flatten(outputs) if isinstance(t, tf.Tensor)), None)
-        if output is None or not trace.owns(output) or self._slot.get(id(layer)) in trace.activations:
+        if output is None or not trace.owns(output) or self._slot.get(id(layer)) in trace.seen:
             return  # not a tensor of this graph, or a shared layer's second call (the first one counts)
         if id(layer) not in self._slot:
             self._slot[id(layer)] = len(self.observed)
@@ -142,8 +152,8 @@ class Instrumentation:
         inputs = [t for t in tf.nest.flatten(args) if isinstance(t, tf.Tensor) and trace.owns(t)]
         sources = tuple(trace.producers[id(t)] for t in inputs if id(t) in trace.producers)
         own = [t for t in inputs if id(t) not in trace.producers]
-        parts = _activations.measure(output, own, self._bounds[id(layer)], trace.detail)
-        trace.activations[slot] = _reductions.Measured(slot, parts, sources)
+        trace.pending.append(_reductions.Observed.of(slot, output, own, self._bounds[id(layer)], sources))
+        trace.seen.add(slot)
         trace.producers[id(output)] = slot
 
     def _wrap_loss(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -153,6 +163,7 @@ class Instrumentation:
             if trace is not None and loss is not None and trace.owns(loss):
                 replicas = tf.distribute.get_strategy().num_replicas_in_sync
                 trace.loss = loss * replicas if replicas > 1 else loss  # undo Keras' per-replica scaling
+                trace.settle()  # the forward pass is over: measure its outputs before the backward pass
             return loss
 
         return compute_loss
@@ -178,15 +189,17 @@ class Instrumentation:
     def _before_apply(self, trace: _trace.StepTrace, grads: list[Any], variables: list[Any]) -> list[Any]:
         """Measure the gradients and read the weights before the update; return the gradients to apply.
 
-        The update waits for the gradient reductions: then no reference of ours keeps a gradient's
-        buffer alive while the optimizer runs, so its element-wise ops can reuse that buffer in place as
-        they do without nanwatch (on CPU a fresh allocation per op costs more than the reduction).
+        Each gradient reaches the optimizer only after its own reduction, and nothing else of ours reads
+        it (no scale-safe ``tf.cond``, see ``_reductions.gradient_stats``): then the optimizer's element-
+        wise ops reuse the gradient's buffer in place as they do without nanwatch. On CPU a fresh buffer
+        per op (an mmap and its page faults above 128 KiB) costs far more than the reduction; measured on
+        the benchmark MLP, either a shared reference or a barrier before all updates doubled the overhead.
         """
         trace.applied = True
         slots = _layers.owners(self.observed, variables)
         present = [g for g in grads if g is not None]
         trace.slots = [s for g, s in zip(grads, slots, strict=True) if g is not None]
-        trace.old = [tf.convert_to_tensor(v) for v in variables]  # read before the update (auto control deps)
+        trace.old = self._read_old(variables, trace.detail)
         trace.weight_slots = slots
         trace.lr = tf.cast(self.optimizer.learning_rate, tf.float32)
         if self.lso:
@@ -196,9 +209,22 @@ class Instrumentation:
             trace.scale = tf.constant(float(self.optimizer.loss_scale_factor))
         if not present:
             return grads
-        trace.grads = _reductions.gradient_stats(present, trace.detail)
-        with tf.control_dependencies([*trace.grads.parts, trace.grads.sizes]):
-            return [tf.identity(g) if isinstance(g, tf.Tensor) else g for g in grads]
+        trace.grads = _reductions.gradient_stats(present, trace.detail, safe=False)
+        squares = iter(trace.grads.squares)
+        return [_after(g, next(squares)) if g is not None else g for g in grads]
+
+    def _read_old(self, variables: list[Any], detail: Any) -> list[Any]:
+        """The weights before the update (auto control dependencies order the read before it).
+
+        Holding them across the update costs a copy of every weight (the optimizer's in-place update
+        must copy a buffer that is still referenced), so under a stride they are read only on detail
+        steps, inside a ``tf.cond`` (empty tensors on the other steps). XLA has no such copy and wants
+        static shapes: there, and without a stride, the weights are read on every step.
+        """
+        if detail is True or self.model.jit_compile:
+            return [tf.convert_to_tensor(v) for v in variables]
+        empty = [tf.zeros([0] * len(v.shape), v.dtype) for v in variables]
+        return list(tf.cond(detail, lambda: [tf.identity(v) for v in variables], lambda: empty))
 
     def _build_optimizer(self, variables: list[Any]) -> None:
         """Build the optimizer as its ``apply`` would (Keras builds it on the first trace), so that the
@@ -207,6 +233,16 @@ class Instrumentation:
             with keras.name_scope(self.optimizer.name, caller=self.optimizer):
                 self.optimizer.build(variables)
             self.optimizer.built = True
+
+    def _wrap_function(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def train_function(iterator: Any) -> Any:
+            logs = original(iterator)
+            if isinstance(logs, dict) and _VECTOR_KEY in logs:
+                logs = dict(logs)
+                self._vector = logs.pop(_VECTOR_KEY)
+            return logs
+
+        return train_function
 
     def _wrap_step(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def train_step(data: Any) -> Any:
@@ -219,19 +255,23 @@ class Instrumentation:
                 logs = original(data)
             finally:
                 self._trace = None
-            self._record(trace)
+            vector = self._record(trace)
+            if isinstance(logs, dict) and not self.chunked and tf.distribute.get_strategy().num_replicas_in_sync == 1:
+                return {**logs, _VECTOR_KEY: vector}
+            self.stats.assign(vector)
             return logs
 
         return train_step
 
     # ------------------------------------------------------------------ the step vector
 
-    def _record(self, trace: _trace.StepTrace) -> None:
+    def _record(self, trace: _trace.StepTrace) -> tf.Tensor:
         self._warn_missing(trace)
+        trace.settle()
         inputs = _reductions.StepInputs(
             grads=trace.grads, grad_slots=trace.slots, new=trace.new, old=trace.old if trace.applied else None,
             weight_slots=trace.weight_slots or (), scale=trace.scale,
-            activations=[trace.activations[s] for s in sorted(trace.activations)],
+            activations=trace.activations,
         )  # fmt: skip
         raw = _reductions.read(inputs, trace.detail)
         values = {
@@ -241,9 +281,9 @@ class Instrumentation:
             "previous": self.stats.read_value() if self.chunked else tf.zeros([0]),
         }
         plan = _reductions.Plan.of(inputs, self.layout.slots)
-        self.stats.assign(_trace.step_vector(trace, plan, raw, values, self.layout, lso=self.lso, fold=self.chunked))
         if self.stride > 1:
             self.step.assign_add(1)
+        return _trace.step_vector(trace, plan, raw, values, self.layout, lso=self.lso, fold=self.chunked)
 
     def _warn_missing(self, trace: _trace.StepTrace) -> None:
         model = type(self.model).__name__
@@ -253,3 +293,11 @@ class Instrumentation:
         if not trace.applied:
             self.warn_once("grads", "nanwatch: %s.train_step does not call optimizer.apply_gradients() or "
                            "apply(); gradients, weights and updates are not reported", model)  # fmt: skip
+
+
+def _after(grad: Any, reduction: tf.Tensor) -> Any:
+    """``grad``, released to its consumers only once ``reduction`` has read it."""
+    if not isinstance(grad, tf.Tensor):
+        return grad
+    with tf.control_dependencies([reduction]):
+        return tf.identity(grad)

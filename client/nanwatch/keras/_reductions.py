@@ -1,15 +1,16 @@
 """One step's per-layer statistics, in two stages.
 
 ``read`` reduces every gradient, weight and update to a few numbers (one ``l2_loss`` per parameter
-tensor, and on detail steps ``sum |g|`` and ``||Δw||``) and stacks what ``_activations.measure`` made of
-the layer outputs. ``finish`` turns those small vectors into ``[n_layers]`` fields with a handful of
+tensor, and on detail steps ``sum |g|`` and ``||Δw||``) and takes the columns of what ``measure`` made
+of the layer outputs. ``finish`` turns those small vectors into ``[n_layers]`` fields with a handful of
 vectorised ops (segment sums by layer column): on CPU each TensorFlow op costs microseconds however
 small its input, so nothing is done per tensor that can be done once for all.
 
-Tiers: every step carries the global gradient norm, per-layer ``grad_norm``, ``weight_norm`` and the
-every-step activation fields (everything a non-finite value shows in); detail steps add
-``grad_mean_abs``, ``update_norm`` and the detail activation fields. Gradient and weight norms switch
-to the scale-safe parts (``_norms``, one ``tf.cond`` each) on a step where a quick one is not finite.
+Tiers: every step carries the global gradient norm, per-layer ``grad_norm`` and the every-step
+activation fields (everything a non-finite value shows in); detail steps add ``weight_norm``,
+``grad_mean_abs``, ``update_norm`` and the detail activation fields. Weight norms, and gradient norms
+where ``gradient_stats`` is asked to be safe (the custom-loop helpers), switch to the scale-safe parts
+(``_norms``, one ``tf.cond`` each) on a step where a quick one is not finite.
 The detail sums are plain float32: ``sum |g|`` overflows only past 3.4e38 and ``||Δw||`` past 1.8e19,
 far beyond where the every-step norms have raised the alarm.
 """
@@ -24,44 +25,90 @@ import tensorflow as tf
 
 from nanwatch.keras import _activations, _norms
 
-__all__ = ["GradStats", "Measured", "Plan", "StepInputs", "finish", "gradient_stats", "read"]
+__all__ = [
+    "Activations", "GradStats", "Observed", "Plan", "StepInputs", "finish", "gradient_stats", "measure", "read",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
-class Measured:
-    """One watched layer's output, already reduced (``_activations.measure``) where it was made.
+class Observed:
+    """One watched layer's output as its ``call`` made it, with its quick reductions (``_activations.quick``).
 
-    ``sources``: the columns of the watched layers whose outputs this layer read.
+    ``inputs``: the layer's inputs that no watched layer produced; ``sources``: the columns of the watched
+    layers whose outputs it read.
     """
 
     slot: int
-    parts: tf.Tensor  # the vector ``_activations.measure`` returns
+    output: Any
+    inputs: tuple[Any, ...]
+    bounds: _activations.Bounds
+    quick: tf.Tensor
     sources: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, slot: int, output: Any, inputs: Sequence[Any], bounds: _activations.Bounds,
+           sources: Sequence[int] = ()) -> Observed:  # fmt: skip
+        return cls(slot, output, tuple(inputs), bounds, _activations.quick(output, inputs), tuple(sources))
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Several layers' outputs reduced to ``_activations.parts``: row i is layer column ``slots[i]``."""
+
+    slots: tuple[int, ...]
+    sources: tuple[tuple[int, ...], ...]  # per row: the columns of the watched layers it read
+    parts: tf.Tensor
+
+    def __add__(self, other: Activations) -> Activations:
+        parts = tf.concat([self.parts, other.parts], 0)
+        return Activations(self.slots + other.slots, self.sources + other.sources, parts)
+
+
+def measure(observed: Sequence[Observed], detail: Any = True) -> Activations | None:
+    """The activation parts of ``observed`` layers, all at once (one ``tf.cond``; see ``_activations``)."""
+    if not observed:
+        return None
+    parts = _activations.parts(
+        [o.output for o in observed], [o.inputs for o in observed], [o.bounds for o in observed],
+        [o.quick for o in observed], detail,
+    )  # fmt: skip
+    return Activations(tuple(o.slot for o in observed), tuple(o.sources for o in observed), parts)
 
 
 @dataclass(frozen=True)
 class GradStats:
-    """Per-gradient reductions, taken where the gradients are made (before the optimizer uses them)."""
+    """Per-gradient reductions, taken where the gradients are made (before the optimizer uses them).
+
+    ``squares``: each gradient's own ``l2_loss``, before they are stacked into ``parts``.
+    """
 
     parts: _norms.Parts
     abs_sums: tf.Tensor | None  # sum |g| per gradient; None without details, zeros on a strided-out step
     sizes: tf.Tensor
+    squares: tuple[tf.Tensor, ...] = ()
 
 
-def gradient_stats(grads: Sequence[Any], detail: Any = True) -> GradStats:
-    """Norm parts of ``grads`` (scale-safe, see ``_norms``) and, on detail steps, their sums of ``|g|``.
+def gradient_stats(grads: Sequence[Any], detail: Any = True, *, safe: bool = True) -> GradStats:
+    """Norm parts of ``grads`` and, on detail steps, their sums of ``|g|``.
 
     ``detail`` is True, False, or a boolean tensor (then ``abs_sums`` is zeros on the other steps).
+    ``safe``: scale-safe parts (see ``_norms``): a ``tf.cond`` that reads every gradient again when a
+    square overflowed. Without it a norm above ~2.6e19, whose square overflows float32, reads as +Inf;
+    in exchange no reference of ours outlives each gradient's own reduction, so the optimizer can update
+    in place (the training callback's choice: see ``_instrument``).
     """
     grads = [_norms.f32(g) for g in grads]
-    quick = _norms.quick_parts(grads)
-    parts = tf.cond(_norms.all_finite(quick[1]), lambda: quick, lambda: _norms.safe_parts(grads))
+    squares = tuple(tf.nn.l2_loss(g) for g in grads)
+    quick = tf.ones([len(grads)]), tf.stack(squares)
+    parts = quick
+    if safe:
+        parts = tf.cond(_norms.all_finite(quick[1]), lambda: quick, lambda: _norms.safe_parts(grads))
     if isinstance(detail, bool):
         abs_sums = _norms.sums_abs(grads) if detail else None
     else:
         abs_sums = tf.cond(detail, lambda: _norms.sums_abs(grads), lambda: tf.zeros([len(grads)]))
     sizes = tf.stack([tf.cast(tf.size(g), tf.float32) for g in grads])
-    return GradStats(parts, abs_sums, sizes)
+    return GradStats(parts, abs_sums, sizes, squares)
 
 
 @dataclass(frozen=True)
@@ -77,7 +124,7 @@ class StepInputs:
     new: Sequence[Any] = ()
     old: Sequence[Any] | None = None
     weight_slots: Sequence[int] = ()
-    activations: Sequence[Measured] = ()
+    activations: Activations | None = None
     scale: Any = None
 
 
@@ -98,14 +145,14 @@ class Plan:
 
     @classmethod
     def of(cls, inputs: StepInputs, n_layers: int) -> Plan:
-        acts = inputs.activations
-        index = {m.slot: i for i, m in enumerate(acts)}
+        acts = inputs.activations or Activations((), (), tf.zeros([0, len(_activations.PARTS)]))
+        index = {slot: i for i, slot in enumerate(acts.slots)}
         return cls(
             n_layers=n_layers,
             grad_slots=tuple(inputs.grad_slots),
             weight_slots=tuple(inputs.weight_slots),
-            act_slots=tuple(m.slot for m in acts),
-            act_sources=tuple(tuple(index[s] for s in m.sources if s in index) for m in acts),
+            act_slots=acts.slots,
+            act_sources=tuple(tuple(index[s] for s in sources if s in index) for sources in acts.sources),
             grads=inputs.grads is not None,
             grad_details=inputs.grads is not None and inputs.grads.abs_sums is not None,
             weights=bool(inputs.new),
@@ -129,13 +176,24 @@ def read(inputs: StepInputs, detail: Any = True) -> dict[str, Any]:
     if inputs.scale is not None:
         raw["scale"] = tf.cast(inputs.scale, tf.float32)
     if new:
-        quick = _norms.quick_parts(new)
-        raw["weights"] = tf.cond(_norms.all_finite(quick[1]), lambda: quick, lambda: _norms.safe_parts(new))
+        raw["weights"] = _weight_parts(new) if detail is True else _weight_parts_when(detail, new)
     if new and inputs.old is not None:
         raw["delta_s"] = _when(detail, lambda: _update_squares(new, inputs.old or ()), len(new))
-    if inputs.activations:
-        raw["acts"] = _activations.stack([m.parts for m in inputs.activations])
+    if inputs.activations is not None:
+        raw["acts"] = _activations.columns(inputs.activations.parts)
     return raw
+
+
+def _weight_parts(new: Sequence[tf.Tensor]) -> _norms.Parts:
+    quick = _norms.quick_parts(new)
+    return tf.cond(_norms.all_finite(quick[1]), lambda: quick, lambda: _norms.safe_parts(new))  # type: ignore[no-any-return]
+
+
+def _weight_parts_when(detail: Any, new: Sequence[tf.Tensor]) -> _norms.Parts:
+    """The weights' parts on detail steps, zeros on the others (a non-finite weight shows in the next
+    forward pass's activations and gradients, which every step measures)."""
+    zeros = tf.zeros([len(new)])
+    return tf.cond(detail, lambda: _weight_parts(new), lambda: (zeros, zeros))  # type: ignore[no-any-return]
 
 
 def _update_squares(new: Sequence[tf.Tensor], old: Sequence[Any]) -> tf.Tensor:

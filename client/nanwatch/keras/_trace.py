@@ -16,7 +16,9 @@ class StepTrace:
 
     graph: Any
     eager: bool
-    activations: dict[int, _reductions.Measured] = field(default_factory=dict)
+    pending: list[_reductions.Observed] = field(default_factory=list)  # observed, not yet measured
+    seen: set[int] = field(default_factory=set)  # the layer columns observed in this step
+    activations: _reductions.Activations | None = None
     producers: dict[int, int] = field(default_factory=dict)  # id(output tensor) -> its layer's column
     loss: Any = None
     detail: Any = True  # True, or a boolean tensor under a stride: whether this step measures details
@@ -28,6 +30,13 @@ class StepTrace:
     weight_slots: list[int] | None = None
     lr: Any = None
     scale: Any = None
+
+    def settle(self) -> None:
+        """Measure the outputs observed so far, all at once (at the end of the forward pass)."""
+        measured = _reductions.measure(self.pending, self.detail)
+        self.pending = []
+        if measured is not None:
+            self.activations = measured if self.activations is None else self.activations + measured
 
     def owns(self, tensor: Any) -> bool:
         return self.eager or getattr(tensor, "graph", None) is self.graph

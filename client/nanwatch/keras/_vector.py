@@ -26,7 +26,7 @@ _SCALAR_FOLD: Final = (SUM, LAST, MAX, LAST, SUM) + (SUM,) * 8
 FIELD_FOLD: Final = {
     "grad_norm": MAX,
     "grad_mean_abs": SUM,
-    "weight_norm": LAST,
+    "weight_norm": MAX,  # the largest of the chunk's detail steps (zeros on the others)
     "update_norm": MAX,
     "act_mean": SUM,
     "act_std": SUM,
@@ -40,7 +40,7 @@ FIELD_FOLD: Final = {
 FIELD_COUNT: Final = {
     "grad_norm": GRAD_N,
     "grad_mean_abs": GRAD_DETAIL_N,
-    "weight_norm": APPLY_N,
+    "weight_norm": UPDATE_N,  # measured on detail steps, as update_norm
     "update_norm": UPDATE_N,
     **{f: ACT_N for f in _activations.EVERY_STEP},
     **{f: ACT_DETAIL_N for f in _activations.DETAIL},
@@ -88,7 +88,7 @@ class Layout:
             kwargs["loss_scale"] = float(vec[LOSS_SCALE])
         if skips:
             kwargs["skipped"] = bool(vec[SKIPPED] > 0)
-        grid = vec[N_SCALARS:].reshape(len(LAYER_FIELDS), self.slots)[:, :n_layers]
+        grid = vec[N_SCALARS:].astype(np.float64).reshape(len(LAYER_FIELDS), self.slots)[:, :n_layers]
         layers = {}
         for row, field in enumerate(LAYER_FIELDS):
             count = vec[FIELD_COUNT[field]]
