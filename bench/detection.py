@@ -47,7 +47,8 @@ def main() -> None:
             nanwatch = run_with_nanwatch(name, url)
             rows.append(row(nanwatch))
             for event in nanwatch.events:
-                print(f"  {name}: step {event['first_step']} {event['severity']} {event['detector']}"
+                since = ", ".join(f"{sev} at {step}" for sev, step in event.get("severity_steps", {}).items())
+                print(f"  {name}: step {event['first_step']} {event['detector']} ({since})"
                       f" [{event['layer'] or '-'}] {event['message']}")  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     print()

@@ -77,6 +77,16 @@ def test_sigmoid_output_within_10_float32_steps_of_one_is_critical() -> None:
     assert finding.severity == "critical"
 
 
+def test_a_sigmoid_near_one_on_a_step_without_detail_fields_names_the_margin_not_a_nan_fraction() -> None:
+    run = Run(relu_mlp(2))
+    details = ("act_frac_saturated", "act_frac_zero", "act_std", "act_frac_zero_var")  # a strided-out step
+    record = run.record(0, layers={"act_max_abs": {"out": 1.0 - 3 * FLOAT32_ULP_BELOW_1}}, drop=details)
+    [finding] = of(Pipeline(run.spec).process([record]), "saturation")
+    assert finding.severity == "critical"
+    assert "nan" not in finding.message.lower() and "of the outputs" not in finding.message
+    assert finding.value == 3 * FLOAT32_ULP_BELOW_1 and finding.threshold > finding.value
+
+
 def test_an_ordinary_confident_prediction_in_bfloat16_is_not_near_one() -> None:
     run = Run(relu_mlp(2), dtype_policy="bfloat16")
     record = run.record(0, layers={"act_max_abs": {"out": 0.99}})

@@ -15,6 +15,7 @@ A confident softmax routinely puts its top probability at 1 - 1e-8, so only its 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -84,13 +85,17 @@ class Saturation:
             f"{share:.1%} of the outputs of '{name}' ({run.activations[layer]}) are within 1e-7 of their "
             f"bounds (threshold {self.fraction:.0%})"
         )
+        value, threshold = share, self.fraction
         if margin <= warn_at:
+            measured = "" if math.isnan(share) else f"; {message}"  # the fraction is a detail-step statistic
             message = (
                 f"the top probability of '{name}' ({run.activations[layer]}) is {fmt(margin)} from 1 (warning ≤ "
                 f"{fmt(warn_at)}, critical ≤ {fmt(critical_at)}): once it rounds to 1 a hand-written log(1 - p) "
-                f"is -inf (a built-in loss clips p and carries on); {message}"
+                f"is -inf (a built-in loss clips p and carries on){measured}"
             )
+            if math.isnan(share):
+                value, threshold = margin, warn_at
         elif share <= self.fraction:
             message += "; some probabilities are exactly 0: a hand-written log(p) of them is -inf"
         step = int(view.batch.steps[i])
-        return Finding(self.name, severity, step, name, share, self.fraction, message, REMEDY.format(name=name))
+        return Finding(self.name, severity, step, name, value, threshold, message, REMEDY.format(name=name))
