@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanwatch import protocol
+from tests.floats import bits
 
 floats = st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True, width=64)
 N_LAYERS = 4
@@ -49,22 +49,11 @@ def batches(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def _bits(value: Any, canonical_nan: bool = False) -> Any:
-    """Floats as IEEE bit patterns; JSON has one NaN, so ``canonical_nan`` folds NaN payloads and signs."""
-    if isinstance(value, float):
-        return b"nan" if canonical_nan and math.isnan(value) else struct.pack("<d", value)
-    if isinstance(value, dict):
-        return {k: _bits(v, canonical_nan) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bits(v, canonical_nan) for v in value]
-    return value
-
-
 @settings(max_examples=100, deadline=None)
 @given(batches())
 def test_msgpack_round_trip_is_bit_exact(batch: dict[str, Any]) -> None:
     body = protocol.dumps(batch, protocol.MSGPACK)
-    assert _bits(protocol.decode_batch(protocol.loads(body, protocol.MSGPACK), N_LAYERS)) == _bits(batch)
+    assert bits(protocol.decode_batch(protocol.loads(body, protocol.MSGPACK), N_LAYERS)) == bits(batch)
 
 
 @settings(max_examples=100, deadline=None)
@@ -73,7 +62,7 @@ def test_json_round_trip_keeps_every_float_including_nonfinite(batch: dict[str, 
     body = protocol.dumps(batch, protocol.JSON)
     assert b"NaN" not in body.replace(b'"NaN"', b"") and b"null" not in body
     decoded = protocol.decode_batch(protocol.loads(body, protocol.JSON), N_LAYERS)
-    assert _bits(decoded, canonical_nan=True) == _bits(batch, canonical_nan=True)
+    assert bits(decoded, canonical_nan=True) == bits(batch, canonical_nan=True)
 
 
 @pytest.mark.parametrize(("value", "text"), [(math.nan, '"NaN"'), (math.inf, '"Infinity"'), (-math.inf, '"-Infinity"')])

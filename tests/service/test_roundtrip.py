@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from typing import Any
 
 from nanwatch import protocol
 from tests.conftest import Service
+from tests.floats import bits
 from tests.service.helpers import healthy_layers, post_steps, register, reply
 
 SPECIAL = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 2.2250738585072014e-308 / 3, 1.7976931348623157e308]
@@ -30,17 +30,6 @@ def _special_record(step: int) -> dict[str, Any]:
     }
 
 
-def _bits(value: Any) -> Any:
-    """Floats as their IEEE bit patterns, so -0.0 != 0.0 and NaN == NaN."""
-    if isinstance(value, float):
-        return struct.pack("<d", value)
-    if isinstance(value, dict):
-        return {k: _bits(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bits(v) for v in value]
-    return value
-
-
 def _no_bare_tokens(token: str) -> float:
     raise AssertionError(f"bare {token} in the JSON reply")
 
@@ -60,7 +49,7 @@ def test_thousand_msgpack_records_read_back_bit_for_bit(service: Service) -> Non
     for start in range(0, 1000, 250):
         assert reply(post_steps(service.client, "rt-msgpack", sent[start : start + 250]))["accepted"] == 250
     got = [_strip(row) for row in _read_all(service, "rt-msgpack", protocol.MSGPACK)]
-    assert _bits(got) == _bits(sent)
+    assert bits(got) == bits(sent)
 
 
 def test_thousand_json_records_carry_nonfinite_as_strings_both_ways(service: Service) -> None:
@@ -72,4 +61,4 @@ def test_thousand_json_records_carry_nonfinite_as_strings_both_ways(service: Ser
     raw = service.client.get("/v1/runs/rt-json/steps", params={"limit": 10_000}, headers={"Accept": "application/json"})
     rows = [_strip(row) for row in json.loads(raw.content, parse_constant=_no_bare_tokens)["steps"]]
     assert rows == [protocol.json_safe(r) for r in sent]  # strings "NaN"/"Infinity"/"-Infinity" on the way out
-    assert _bits([protocol.decode_record(r) for r in rows]) == _bits(sent)  # and back to the same floats
+    assert bits([protocol.decode_record(r) for r in rows]) == bits(sent)  # and back to the same floats
