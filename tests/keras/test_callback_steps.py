@@ -107,9 +107,15 @@ def test_steps_per_execution_reports_one_record_per_chunk(recorder: Recorder) ->
         assert record["grad_norm"] == pytest.approx(max(ref.grad_norm(s) for s in steps), rel=1e-4)
 
 
-@pytest.mark.parametrize("stride", [3, None])
-def test_activation_stride_thins_out_the_detail_fields_only(recorder: Recorder, stride: int | None) -> None:
-    model = models.compiled("sequential")
+@pytest.mark.parametrize(("stride", "bounded"), [(3, True), (None, True), (None, False)])
+def test_activation_stride_thins_out_the_detail_fields_only(
+    recorder: Recorder, stride: int | None, bounded: bool
+) -> None:
+    if bounded:
+        model = models.compiled("sequential")  # a tanh layer: max-abs every step for its saturation
+    else:  # float32, unbounded: max-abs activations are detail fields too
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
     x, y = models.data(n=16 * 24)
 
     watch = {} if stride is None else {"activation_stride": stride}
@@ -117,11 +123,11 @@ def test_activation_stride_thins_out_the_detail_fields_only(recorder: Recorder, 
 
     every = stride or 10  # the default
     detail = {"act_std", "act_frac_zero", "act_frac_saturated", "act_frac_zero_var", "grad_mean_abs", "update_norm",
-              "weight_norm"}  # fmt: skip
+              "weight_norm"} | (set() if bounded else {"act_max_abs", "in_max_abs"})  # fmt: skip
     assert len(records) == 24
     for record in records:
         fields = set(record["layers"])
-        assert {"act_max_abs", "act_frac_nonfinite", "act_mean", "in_max_abs", "grad_norm"} <= fields
+        assert {"act_frac_nonfinite", "act_mean", "grad_norm"} <= fields
         assert fields - detail == set(keras_fields()) - detail
         assert (detail <= fields) == (record["step"] % every == 0), record["step"]
 
@@ -136,6 +142,7 @@ def test_mixed_float16_reports_unscaled_norms_and_the_loss_scale(recorder: Recor
 
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert fitted.run["dtype_policy"] == "mixed_float16"
+    assert all("act_max_abs" in r["layers"] for r in fitted.records)  # float16 headroom: every step
     first = fitted.records[0]
     assert first["loss_scale"] == 2.0**15 and first["skipped"] is False
     assert first["grad_norm"] == pytest.approx(ref.grad_norm(0), rel=2e-2)  # float16 activations

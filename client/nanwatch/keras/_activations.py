@@ -3,9 +3,11 @@
 Two stages, so that the per-layer work is the bare reductions and everything else runs once for all
 layers (on CPU each TensorFlow op and each ``tf.cond`` costs microseconds however small its input):
 
-- :func:`quick`, where a layer's output is made (inside its wrapped ``call``): ``max``, ``min`` and
-  ``sum`` of the output and the max |x| of the inputs no watched layer produced, as one small vector.
-  NaN or Inf anywhere in the output shows in the sum.
+- :func:`quick`, where a layer's output is made (inside its wrapped ``call``): the ``sum`` of the output
+  (NaN or Inf anywhere in it shows there) and, where max and min are wanted on every step (float16 and
+  bfloat16 runs, whose headroom is small, or no stride), ``max``, ``min`` and the max |x| of the inputs
+  no watched layer produced. Elsewhere those three come with the detail statistics and on every step
+  that holds a non-finite value.
 - :func:`parts`, once for all layers at the end of the forward pass: one ``tf.cond`` on whether every
   quick value is finite. On the usual finite step it derives ``act_max_abs``, ``act_mean`` and
   ``act_frac_nonfinite`` (0) from the quick values and, on detail steps only (a nested ``tf.cond`` under
@@ -27,25 +29,29 @@ import tensorflow as tf
 
 from nanwatch.keras._norms import INF, f32, safe_scale
 
-EVERY_STEP: Final = ("act_mean", "act_max_abs", "act_frac_nonfinite", "in_max_abs")
+EVERY_STEP: Final = ("act_mean", "act_frac_nonfinite")
+TOPS: Final = ("act_max_abs", "in_max_abs")
+"""Every step when the quick vectors hold max and min; else on detail steps and non-finite steps."""
 DETAIL: Final = ("act_std", "act_frac_zero", "act_frac_saturated", "act_frac_zero_var")
 QUICK: Final = ("max", "min", "sum", "in_top")
 """The order of the values in the vector :func:`quick` returns."""
 _DETAIL_PARTS: Final = ("s2", "zero_var", "nonzero", "saturated")
 _MEASURED: Final = ("top", "s1", "finite", "scale", "constant", "in_top", *_DETAIL_PARTS)
-PARTS: Final = (*_MEASURED, "n", "rows")
+PARTS: Final = (*_MEASURED, "tops", "n", "rows")
 """The order of the columns of the matrix :func:`parts` returns."""
 _SATURATION_EPS: Final = 1e-7
 Parts = dict[str, tf.Tensor]
 Bounds = tuple[float, float] | None
 
 
-def quick(output: Any, inputs: Sequence[Any]) -> tf.Tensor:
+def quick(output: Any, inputs: Sequence[Any], tops: bool = True) -> tf.Tensor:
     """``max``, ``min``, ``sum`` of ``output`` and max |x| of ``inputs`` (the layer inputs that no watched
-    layer produced), as one vector in ``QUICK`` order."""
+    layer produced), as one vector in ``QUICK`` order; without ``tops`` only the ``sum``."""
     x = f32(output)
-    tops = [tf.maximum(tf.abs(tf.reduce_max(t)), tf.abs(tf.reduce_min(t))) for t in (f32(t) for t in inputs)]
-    return tf.stack([tf.reduce_max(x), tf.reduce_min(x), tf.reduce_sum(x), _top_of(tops)])
+    if not tops:
+        return tf.reshape(tf.reduce_sum(x), [1])
+    maxima = [tf.maximum(tf.abs(tf.reduce_max(t)), tf.abs(tf.reduce_min(t))) for t in (f32(t) for t in inputs)]
+    return tf.stack([tf.reduce_max(x), tf.reduce_min(x), tf.reduce_sum(x), _top_of(maxima)])
 
 
 def parts(
@@ -54,34 +60,46 @@ def parts(
     bounds: Sequence[Bounds],
     quicks: Sequence[tf.Tensor],
     detail: Any = True,
+    tops: bool = True,
 ) -> tf.Tensor:
     """The ``[layers, len(PARTS)]`` matrix of the outputs' parts, from their :func:`quick` vectors.
 
     ``detail``: True, or a boolean tensor (a stride's step test; the detail columns are 0 when False).
+    ``tops``: the quick vectors hold max and min (else only the sum: max, min and ``in_top`` are then
+    taken on detail steps and on steps with a non-finite value; the ``tops`` column says when).
     """
     xs, owns = [f32(x) for x in outputs], [[f32(t) for t in ts] for ts in inputs]
     q = tf.stack(quicks)
+    n = len(xs)
     sizes = tf.stack([tf.cast(tf.size(x), tf.float32) for x in xs])
     rows = tf.stack([tf.cast(tf.shape(x)[0], tf.float32) if x.shape.rank else tf.constant(1.0) for x in xs])
+    ones = tf.ones([n, 1])
+
+    def full() -> tf.Tensor:  # [n, len(QUICK)]
+        return q if tops else tf.stack([quick(x, own) for x, own in zip(xs, owns, strict=True)])
 
     def details() -> tf.Tensor:
         return tf.stack([_vector_of(_quick_detail(x, b), _DETAIL_PARTS) for x, b in zip(xs, bounds, strict=True)])
 
     def masked() -> tf.Tensor:
-        fine = tf.concat([_from_quick(q, sizes), details()], 1)
+        fine = tf.concat([_from_quick(full(), sizes), details()], 1)
         ok = tf.reduce_all(tf.math.is_finite(fine), axis=1)
         bad = tf.stack([_vector_of(_masked(x, own, b), _MEASURED) for x, own, b in zip(xs, owns, bounds, strict=True)])
-        return tf.where(ok[:, None], fine, bad)
+        return tf.concat([tf.where(ok[:, None], fine, bad), ones], 1)
 
     def with_details() -> tf.Tensor:  # a sum of squares that overflowed goes the masked (scaled) way too
-        extra = details()
-        return tf.cond(_all_finite(extra), lambda: tf.concat([_from_quick(q, sizes), extra], 1), masked)
+        everything = tf.concat([_from_quick(full(), sizes), details()], 1)
+        return tf.cond(_all_finite(everything), lambda: tf.concat([everything, ones], 1), masked)
+
+    def without() -> tf.Tensor:  # a strided-out step: the every-step columns only
+        if tops:
+            return tf.concat([_from_quick(q, sizes), tf.zeros([n, len(_DETAIL_PARTS)]), ones], 1)
+        zeros = tf.zeros([n])
+        base = tf.stack([zeros, q[:, 0], sizes, tf.ones([n]), zeros, zeros], 1)  # no top, constant, in_top
+        return tf.concat([base, tf.zeros([n, len(_DETAIL_PARTS) + 1])], 1)
 
     def finite() -> tf.Tensor:
-        if detail is True:
-            return with_details()
-        without = tf.concat([_from_quick(q, sizes), tf.zeros([len(xs), len(_DETAIL_PARTS)])], 1)
-        return tf.cond(detail, with_details, lambda: without)
+        return with_details() if detail is True else tf.cond(detail, with_details, without)
 
     measured = tf.cond(_all_finite(q), finite, masked)
     return tf.concat([measured, tf.stack([sizes, rows], 1)], 1)

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nanwatch.keras import _layers, _reductions, _trace, _vector
+from nanwatch.keras import _activations, _layers, _reductions, _trace, _vector
 
 _MISSING = object()
 _VECTOR_KEY = "__nanwatch_step_vector__"  # the step's extra output, removed before Keras sees the logs
@@ -66,6 +66,7 @@ class Instrumentation:
         self.lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self.loss_scaled = self.lso or getattr(self.optimizer, "loss_scale_factor", None) is not None
         self.stats, self.step = self._make_variables()
+        self.tops = self.stride == 1 or _tops_every_step(model, self._bounds.values())
         self._vector: Any = None  # the step vector the last train_function call returned, if it did
 
     # ------------------------------------------------------------------ install / restore
@@ -152,7 +153,7 @@ class Instrumentation:
         inputs = [t for t in tf.nest.flatten(args) if isinstance(t, tf.Tensor) and trace.owns(t)]
         sources = tuple(trace.producers[id(t)] for t in inputs if id(t) in trace.producers)
         own = [t for t in inputs if id(t) not in trace.producers]
-        trace.pending.append(_reductions.Observed.of(slot, output, own, self._bounds[id(layer)], sources))
+        trace.pending.append(_reductions.Observed.of(slot, output, own, self._bounds[id(layer)], sources, self.tops))
         trace.seen.add(slot)
         trace.producers[id(output)] = slot
 
@@ -247,7 +248,8 @@ class Instrumentation:
     def _wrap_step(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def train_step(data: Any) -> Any:
             eager = tf.executing_eagerly()
-            trace = _trace.StepTrace(graph=None if eager else tf.compat.v1.get_default_graph(), eager=eager)
+            graph = None if eager else tf.compat.v1.get_default_graph()
+            trace = _trace.StepTrace(graph=graph, eager=eager, tops=self.tops)
             if self.stride > 1:
                 trace.detail = tf.equal(self.step.read_value() % self.stride, 0)
             self._trace = trace
@@ -279,6 +281,9 @@ class Instrumentation:
             "lr": trace.lr if trace.lr is not None else tf.constant(0.0),
             "detail": tf.constant(1.0) if trace.detail is True else tf.cast(trace.detail, tf.float32),
             "previous": self.stats.read_value() if self.chunked else tf.zeros([0]),
+            "act_tops": tf.reduce_max(trace.activations.parts[:, _activations.PARTS.index("tops")])
+            if trace.activations is not None
+            else tf.constant(0.0),
         }
         plan = _reductions.Plan.of(inputs, self.layout.slots)
         if self.stride > 1:
@@ -301,3 +306,15 @@ def _after(grad: Any, reduction: tf.Tensor) -> Any:
         return grad
     with tf.control_dependencies([reduction]):
         return tf.identity(grad)
+
+
+def _tops_every_step(model: keras.Model, bounds: Any) -> bool:
+    """Whether max and min of every layer output are wanted on every step, not only with the details.
+
+    Under float16/bfloat16 the overflow headroom is small, and a sigmoid/tanh/softmax output's top
+    probability creeps toward exactly 1 between batches (bench S6: sampled every 10th step it is missed).
+    A float32 model without such a layer has neither concern, and its largest outputs come with the
+    details (and on any step holding a non-finite value).
+    """
+    compute = str(getattr(getattr(model, "dtype_policy", None), "compute_dtype", "float32"))
+    return compute in ("float16", "bfloat16") or any(b is not None for b in bounds)

@@ -19,9 +19,9 @@ from nanwatch.protocol import LAYER_FIELDS
 LAST, MAX, SUM = 0, 1, 2
 # scalar positions: values, then how many steps of the chunk had each group of values
 LOSS, LR, GRAD_NORM, LOSS_SCALE, SKIPPED = range(5)
-STEPS, LOSS_N, APPLY_N, GRAD_N, ACT_N, GRAD_DETAIL_N, UPDATE_N, ACT_DETAIL_N = range(5, 13)
-N_SCALARS: Final = 13
-_SCALAR_FOLD: Final = (SUM, LAST, MAX, LAST, SUM) + (SUM,) * 8
+STEPS, LOSS_N, APPLY_N, GRAD_N, ACT_N, GRAD_DETAIL_N, UPDATE_N, ACT_DETAIL_N, ACT_TOPS_N = range(5, 14)
+N_SCALARS: Final = 14
+_SCALAR_FOLD: Final = (SUM, LAST, MAX, LAST, SUM) + (SUM,) * 9
 # per-layer fields: how they fold, and which count says whether (and over how many steps) they were measured
 FIELD_FOLD: Final = {
     "grad_norm": MAX,
@@ -43,6 +43,7 @@ FIELD_COUNT: Final = {
     "weight_norm": UPDATE_N,  # measured on detail steps, as update_norm
     "update_norm": UPDATE_N,
     **{f: ACT_N for f in _activations.EVERY_STEP},
+    **{f: ACT_TOPS_N for f in _activations.TOPS},
     **{f: ACT_DETAIL_N for f in _activations.DETAIL},
 }
 GRAD_FIELDS: Final = ("grad_norm", "grad_mean_abs")
