@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import fmt, hits
+from .base import fmt, hits, ratio_where
 from .context import BatchView
 from .finding import Finding
 
@@ -45,7 +45,7 @@ class Amplification:
         inp, _ = view.batch.layer("in_max_abs", np.asarray(large.any(axis=0), dtype=bool))
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             usable = np.isfinite(out) & np.isfinite(inp) & (inp > 0) & (out >= self.min_output)
-            gain = np.where(usable, out / np.where(usable, inp, 1.0), 0.0)
+            gain = ratio_where(usable, out, inp)
         return [
             self._finding(view, i, layer, float(gain[i, layer]), float(out[i, layer]), float(inp[i, layer]))
             for i, layer in hits(gain > self.gain)

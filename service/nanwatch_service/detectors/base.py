@@ -33,6 +33,11 @@ def hits(mask: BoolArray) -> list[tuple[int, int]]:
     return list(zip(rows.tolist(), cols.tolist(), strict=True))
 
 
+def ratio_where(usable: BoolArray, numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` where ``usable`` holds, 0.0 elsewhere (no division warnings there)."""
+    return np.where(usable, numerator / np.where(usable, denominator, 1.0), 0.0)
+
+
 def forecast_or_none(steps: float) -> float | None:
     """A forecast for a finding: None when nothing is forecast."""
     return steps if math.isfinite(steps) else None

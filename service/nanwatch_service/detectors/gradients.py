@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import fmt, hits
+from .base import fmt, hits, ratio_where
 from .context import BatchView
 from .finding import Finding
 
@@ -72,7 +72,7 @@ class UpdateRatio:
         usable = view.run.has_weights & present[:, None] & ~view.batch.skipped[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             usable &= np.isfinite(update) & np.isfinite(before) & (before > 0)
-            ratio = np.where(usable, update / np.where(usable, before, 1.0), 0.0)
+            ratio = ratio_where(usable, update, before)
         return [
             self._finding(view, i, layer, float(ratio[i, layer]), float(update[i, layer]), float(before[i, layer]))
             for i, layer in hits(ratio > self.threshold)
