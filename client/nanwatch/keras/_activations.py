@@ -60,16 +60,16 @@ def parts(
     bounds: Sequence[Bounds],
     quicks: Sequence[tf.Tensor],
     detail: Any = True,
-    tops: bool = True,
 ) -> tf.Tensor:
     """The ``[layers, len(PARTS)]`` matrix of the outputs' parts, from their :func:`quick` vectors.
 
     ``detail``: True, or a boolean tensor (a stride's step test; the detail columns are 0 when False).
-    ``tops``: the quick vectors hold max and min (else only the sum: max, min and ``in_top`` are then
-    taken on detail steps and on steps with a non-finite value; the ``tops`` column says when).
+    Quick vectors of the sum alone (``quick(..., tops=False)``) leave max, min and ``in_top`` to detail
+    steps and steps with a non-finite value; the ``tops`` column says when they were taken.
     """
     xs, owns = [f32(x) for x in outputs], [[f32(t) for t in ts] for ts in inputs]
     q = tf.stack(quicks)
+    tops = q.shape[-1] == len(QUICK)
     n = len(xs)
     sizes = tf.stack([tf.cast(tf.size(x), tf.float32) for x in xs])
     rows = tf.stack([tf.cast(tf.shape(x)[0], tf.float32) if x.shape.rank else tf.constant(1.0) for x in xs])

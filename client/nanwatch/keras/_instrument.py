@@ -248,8 +248,7 @@ class Instrumentation:
     def _wrap_step(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def train_step(data: Any) -> Any:
             eager = tf.executing_eagerly()
-            graph = None if eager else tf.compat.v1.get_default_graph()
-            trace = _trace.StepTrace(graph=graph, eager=eager, tops=self.tops)
+            trace = _trace.StepTrace(graph=None if eager else tf.compat.v1.get_default_graph(), eager=eager)
             if self.stride > 1:
                 trace.detail = tf.equal(self.step.read_value() % self.stride, 0)
             self._trace = trace

@@ -65,13 +65,13 @@ class Activations:
         return Activations(self.slots + other.slots, self.sources + other.sources, parts)
 
 
-def measure(observed: Sequence[Observed], detail: Any = True, tops: bool = True) -> Activations | None:
+def measure(observed: Sequence[Observed], detail: Any = True) -> Activations | None:
     """The activation parts of ``observed`` layers, all at once (one ``tf.cond``; see ``_activations``)."""
     if not observed:
         return None
     parts = _activations.parts(
         [o.output for o in observed], [o.inputs for o in observed], [o.bounds for o in observed],
-        [o.quick for o in observed], detail, tops,
+        [o.quick for o in observed], detail,
     )  # fmt: skip
     return Activations(tuple(o.slot for o in observed), tuple(o.sources for o in observed), parts)
 

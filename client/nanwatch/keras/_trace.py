@@ -22,7 +22,6 @@ class StepTrace:
     producers: dict[int, int] = field(default_factory=dict)  # id(output tensor) -> its layer's column
     loss: Any = None
     detail: Any = True  # True, or a boolean tensor under a stride: whether this step measures details
-    tops: bool = True  # max and min of every output on every step (else with the details)
     applied: bool = False
     grads: _reductions.GradStats | None = None
     old: list[Any] = field(default_factory=list)
@@ -34,7 +33,7 @@ class StepTrace:
 
     def settle(self) -> None:
         """Measure the outputs observed so far, all at once (at the end of the forward pass)."""
-        measured = _reductions.measure(self.pending, self.detail, self.tops)
+        measured = _reductions.measure(self.pending, self.detail)
         self.pending = []
         if measured is not None:
             self.activations = measured if self.activations is None else self.activations + measured
