@@ -63,7 +63,8 @@ def parts(
 ) -> tf.Tensor:
     """The ``[layers, len(PARTS)]`` matrix of the outputs' parts, from their :func:`quick` vectors.
 
-    ``detail``: True, or a boolean tensor (a stride's step test; the detail columns are 0 when False).
+    ``detail``: a bool, or a boolean tensor (a stride's in-graph step test); the detail columns are 0
+    when it is false.
     Quick vectors of the sum alone (``quick(..., tops=False)``) leave max, min and ``in_top`` to detail
     steps and steps with a non-finite value; the ``tops`` column says when they were taken.
     """
@@ -99,7 +100,9 @@ def parts(
         return tf.concat([base, tf.zeros([n, len(_DETAIL_PARTS) + 1])], 1)
 
     def finite() -> tf.Tensor:
-        return with_details() if detail is True else tf.cond(detail, with_details, without)
+        if isinstance(detail, bool):
+            return with_details() if detail else without()
+        return tf.cond(detail, with_details, without)
 
     measured = tf.cond(_all_finite(q), finite, masked)
     return tf.concat([measured, tf.stack([sizes, rows], 1)], 1)

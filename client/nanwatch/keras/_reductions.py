@@ -166,7 +166,11 @@ class Plan:
 
 
 def read(inputs: StepInputs, detail: Any = True) -> dict[str, Any]:
-    """The small raw vectors of one step; ``detail``: True, or a boolean tensor (a stride's step test)."""
+    """The small raw vectors of one step; ``detail``: True, or a boolean tensor (a stride's step test).
+
+    Weights and updates are detail statistics: a step that measures no details passes neither ``new`` nor
+    ``old``.
+    """
     new = [_norms.f32(w) for w in inputs.new]
     raw: dict[str, Any] = {}
     if inputs.grads is not None:

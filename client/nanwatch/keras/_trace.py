@@ -21,10 +21,10 @@ class StepTrace:
     activations: _reductions.Activations | None = None
     producers: dict[int, int] = field(default_factory=dict)  # id(output tensor) -> its layer's column
     loss: Any = None
-    detail: Any = True  # True, or a boolean tensor under a stride: whether this step measures details
+    detail: Any = True  # whether this step measures details: a bool, or a boolean tensor (in-graph counter)
     applied: bool = False
     grads: _reductions.GradStats | None = None
-    old: list[Any] = field(default_factory=list)
+    old: list[Any] | None = None  # the weights before the update (detail steps)
     new: list[Any] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     weight_slots: list[int] | None = None
