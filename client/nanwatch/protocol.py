@@ -55,7 +55,7 @@ LAYER_FIELDS: Final = (
     "act_std",  # standard deviation of the layer's output
     "act_max_abs",  # max |output| over finite entries; +Inf if any output is ±Inf
     "act_frac_zero",  # fraction of outputs exactly 0
-    "act_frac_nonfinite",  # fraction of outputs NaN or ±Inf
+    "act_frac_nonfinite",  # fraction of outputs NaN or ±Inf; NaN: some are, the share was not measured
     "act_frac_saturated",  # fraction within 1e-7 of a bounded activation's bounds (sigmoid/tanh/softmax)
     "act_frac_zero_var",  # fraction of rows (samples) whose output has zero variance
     "in_max_abs",  # max |input| of the layer, for its gain (output vs input magnitude)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from nanwatch_service.detectors import Pipeline
 
 from .records import Run, layer, of, relu_mlp
@@ -49,6 +51,18 @@ def test_nan_activation_that_never_reaches_the_loss_is_caught_at_its_step() -> N
     records = [*run.records(5), run.record(5, layers={"act_frac_nonfinite": {"dense_1": 0.01}})]
     [finding] = of(Pipeline(run.spec).process(records), "nonfinite")
     assert (finding.step, finding.layer, finding.severity) == (5, "dense_1", "critical")
+
+
+@pytest.mark.parametrize(("mean", "kind"), [(NAN, "NaN"), (INF, "Inf"), (-INF, "Inf")])
+def test_a_light_step_share_not_measured_still_names_the_layer_and_the_kind(mean: float, kind: str) -> None:
+    """A client's light step sends act_frac_nonfinite NaN (non-finite entries, share not measured), no
+    act_max_abs, and the output's mean as its sum made it."""
+    run = Run(relu_mlp(4))
+    layers = {"act_frac_nonfinite": {"dense_1": NAN, "dense_2": NAN}, "act_mean": {"dense_1": mean, "dense_2": NAN}}
+    records = [*run.records(5), run.record(5, layers=layers, drop=("act_max_abs", "in_max_abs"))]
+    [finding] = of(Pipeline(run.spec).process(records), "nonfinite")
+    assert (finding.step, finding.layer, finding.severity) == (5, "dense_1", "critical")
+    assert f"({kind} from finite inputs)" in finding.message
 
 
 def test_nan_weights_with_a_finite_loss_are_caught() -> None:

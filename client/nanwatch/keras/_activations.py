@@ -8,13 +8,17 @@ layers (on CPU each TensorFlow op and each ``tf.cond`` costs microseconds howeve
   bfloat16 runs, whose headroom is small, or no stride), ``max``, ``min`` and the max |x| of the inputs
   no watched layer produced. Elsewhere those three come with the detail statistics and on every step
   that holds a non-finite value.
-- :func:`parts`, once for all layers at the end of the forward pass: one ``tf.cond`` on whether every
-  quick value is finite. On the usual finite step it derives ``act_max_abs``, ``act_mean`` and
-  ``act_frac_nonfinite`` (0) from the quick values and, on detail steps only (a nested ``tf.cond`` under
-  a stride), adds ``act_std``, ``act_frac_zero``, ``act_frac_saturated`` and ``act_frac_zero_var`` from
-  one more pass over each output. On a step where some quick value is not finite (a NaN or Inf entry, or
-  a sum that overflowed) the masked formulas run for the layers concerned: mean and std over the finite
-  entries, max |x| +Inf when any entry is ±Inf, a row holding NaN never counted as zero-variance.
+- :func:`parts`, once for all layers at the end of the forward pass. On a detail step (and under an
+  in-graph step counter) one ``tf.cond`` on whether every quick value is finite: on the usual finite
+  step it derives ``act_max_abs``, ``act_mean`` and ``act_frac_nonfinite`` (0) from the quick values and,
+  on detail steps, adds ``act_std``, ``act_frac_zero``, ``act_frac_saturated`` and ``act_frac_zero_var``
+  from one more pass over each output. On a step where some quick value is not finite (a NaN or Inf
+  entry, or a sum that overflowed) the masked formulas run for the layers concerned: mean and std over
+  the finite entries, max |x| +Inf when any entry is ±Inf, a row holding NaN never counted as
+  zero-variance. A light step (``detail=False``: the host runs the details in another function) has no
+  ``tf.cond``: the quick values are all it reports, so a non-finite output shows as its NaN or ±Inf
+  ``act_mean`` (and max |x| where max and min are taken every step) with ``act_frac_nonfinite`` NaN,
+  which says "non-finite entries, their share not measured".
 
 ``parts`` keeps the outputs referenced until it runs, i.e. until the forward pass ends; the backward pass
 needs nearly all of them until later anyway.
@@ -104,7 +108,10 @@ def parts(
             return with_details() if detail else without()
         return tf.cond(detail, with_details, without)
 
-    measured = tf.cond(_all_finite(q), finite, masked)
+    # A light step (details decided on the host, none this step) has no tf.cond at all: a cond here costs
+    # ~2 % of a short CPU step even untaken. A non-finite output then shows as its sum (act_mean NaN or
+    # +-Inf, act_frac_nonfinite NaN: present, fraction not measured); see ``fields``.
+    measured = without() if detail is False else tf.cond(_all_finite(q), finite, masked)
     return tf.concat([measured, tf.stack([sizes, rows], 1)], 1)
 
 
@@ -212,7 +219,9 @@ def fields(sources: Sequence[Sequence[int]], p: Parts) -> Parts:
         "act_std": tf.where(p["constant"] > 0.0, 0.0, std),
         "act_max_abs": p["top"],
         "act_frac_zero": (n - p["nonzero"]) / n,
-        "act_frac_nonfinite": (p["n"] - p["finite"]) / n,
+        # s1 is finite whenever the entries were counted (finite step, or masked and scaled); a light
+        # step's non-finite sum: non-finite entries whose number was not measured
+        "act_frac_nonfinite": tf.where(tf.math.is_finite(p["s1"]), (p["n"] - p["finite"]) / n, float("nan")),
         "act_frac_saturated": p["saturated"] / n,
         "act_frac_zero_var": p["zero_var"] / tf.maximum(p["rows"], 1.0),
         "in_max_abs": _in_max_abs(sources, p["top"], p["in_top"]),

@@ -29,9 +29,11 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
     Cost. Every step: one ``l2_loss`` per gradient and one ``sum`` per layer output (enough to name any
     NaN/Inf at the step it appears and to watch gradient growth), plus ``max`` and ``min`` per output
     under float16/bfloat16, whose overflow headroom is small; one small vector handed back with the
-    step's own outputs. Every ``activation_stride``-th step (10 by default), and on any step with a
-    non-finite output, also the detail statistics: max-abs activations of float32 runs, weight and update
-    norms, mean |g|, activation std and fractions.
+    step's own outputs. Every ``activation_stride``-th step (10 by default) also the detail statistics:
+    max-abs activations of float32 runs, weight and update norms, mean |g|, activation std and fractions,
+    and on a detail step with a non-finite output the share of non-finite entries and the statistics of
+    the finite ones. Under a stride the step is traced twice (a light and a detail train function; the
+    callback picks one per step), so nothing of the details runs on the other steps.
     ``bench/RESULTS.md`` has the measured overhead; ``activation_stride=1`` buys per-step details at
     several times the cost, ``activation_stats=False`` drops the layer outputs altogether.
 
@@ -46,10 +48,12 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             ``act_frac_zero``, ``act_frac_saturated``, ``act_frac_zero_var``, ``grad_mean_abs``,
             ``weight_norm`` and ``update_norm`` (a ``tf.cond`` on an in-graph step counter skips their
             reductions on the other steps, whose records leave those fields out; in float32 runs
-            ``act_max_abs`` and ``in_max_abs`` too, except on steps with a non-finite output). Every step
+            without sigmoid/tanh/softmax layers ``act_max_abs`` and ``in_max_abs`` too). Every step
             still carries the loss, learning rate, global and per-layer gradient norms, ``act_mean`` and
             ``act_frac_nonfinite``, so no non-finite value is missed: a weight that turned non-finite
-            shows in that step's outputs and gradients.
+            shows in that step's outputs and gradients. On the steps between, a layer output holding
+            NaN/Inf shows as its NaN or ±Inf ``act_mean`` and an ``act_frac_nonfinite`` of NaN (non-finite
+            entries, their share not measured there); the service names the layer all the same.
             Gradient norms are taken in float32 without a second, scale-safe pass (it would keep every
             gradient referenced and cost the optimizer its in-place updates): a norm above ~2.6e19,
             whose square overflows, reads as +Inf.

@@ -115,6 +115,8 @@ def _affected(act: BoolArray, grads: BoolArray, weights: BoolArray) -> int:
 
 
 def _bad_activations(view: BatchView) -> BoolArray:
+    """``act_frac_nonfinite`` above 0, or NaN (a client's light step: non-finite entries, share not measured),
+    or a non-finite max |x|."""
     frac, present = view.batch.layer("act_frac_nonfinite")
     max_abs, max_present = view.batch.layer("act_max_abs")
     with np.errstate(invalid="ignore"):
@@ -159,8 +161,11 @@ def _activation_origin(view: BatchView, i: int, layer: int) -> tuple[str, str, s
     if in_present[i] and not np.isfinite(inputs[i, layer]):
         return "input", "(the layer's input is already non-finite)", _CHECK_DATA
     max_abs, _ = view.batch.layer("act_max_abs")
-    nan_only = bool(np.isfinite(max_abs[i, layer]))
-    detail = "(NaN from finite inputs)" if nan_only else "(Inf from finite inputs)"
+    mean, _ = view.batch.layer("act_mean")
+    # max |x| over the non-NaN entries is +Inf when an entry is; on a client's light step (no max taken,
+    # or a NaN max) the mean of all entries is +-Inf when some are Inf and none is NaN
+    infinite = bool(np.isinf(max_abs[i, layer]) or np.isinf(mean[i, layer]))
+    detail = "(Inf from finite inputs)" if infinite else "(NaN from finite inputs)"
     if run.is_custom(layer):
         return "activations", detail, _EPSILON.format(name=name)
     return "activations", detail, _OVERFLOW.format(dtype=run.act_dtype, name=name)
