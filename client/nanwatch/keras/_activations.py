@@ -26,7 +26,7 @@ needs nearly all of them until later anyway.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import tensorflow as tf
@@ -37,6 +37,7 @@ EVERY_STEP: Final = ("act_mean", "act_frac_nonfinite")
 TOPS: Final = ("act_max_abs", "in_max_abs")
 """Every step when the quick vectors hold max and min; else on detail steps and non-finite steps."""
 DETAIL: Final = ("act_std", "act_frac_zero", "act_frac_saturated", "act_frac_zero_var")
+FIELDS: Final = (*EVERY_STEP, *TOPS, *DETAIL)
 QUICK: Final = ("max", "min", "sum", "in_top")
 """The order of the values in the vector :func:`quick` returns."""
 _DETAIL_PARTS: Final = ("s2", "zero_var", "nonzero", "saturated")
@@ -206,26 +207,40 @@ def columns(matrix: tf.Tensor) -> Parts:
     return dict(zip(PARTS, tf.unstack(matrix, axis=1), strict=True))
 
 
-def fields(sources: Sequence[Sequence[int]], p: Parts) -> Parts:
+def fields(sources: Sequence[Sequence[int]], p: Parts, wanted: Sequence[str] = FIELDS) -> Parts:
     """The ``act_*`` statistics and ``in_max_abs`` per output from the :func:`columns` of :func:`parts`.
 
     ``sources[i]``: positions (in the stack) of the watched layers whose outputs output ``i`` read.
+    ``wanted``: the fields to compute (a light step's parts carry only some; see :func:`measured_fields`).
     """
     n = tf.maximum(p["n"], 1.0)
     mean_y = p["s1"] / p["finite"]  # over the finite entries; NaN when there are none
-    std = p["scale"] * tf.sqrt(tf.maximum(p["s2"] / p["finite"] - mean_y * mean_y, 0.0))
-    return {
-        "act_mean": p["scale"] * mean_y,
-        "act_std": tf.where(p["constant"] > 0.0, 0.0, std),
-        "act_max_abs": p["top"],
-        "act_frac_zero": (n - p["nonzero"]) / n,
+
+    def std() -> tf.Tensor:
+        spread = p["scale"] * tf.sqrt(tf.maximum(p["s2"] / p["finite"] - mean_y * mean_y, 0.0))
+        return tf.where(p["constant"] > 0.0, 0.0, spread)
+
+    make: dict[str, Callable[[], tf.Tensor]] = {
+        "act_mean": lambda: p["scale"] * mean_y,
+        "act_std": std,
+        "act_max_abs": lambda: p["top"],
+        "act_frac_zero": lambda: (n - p["nonzero"]) / n,
         # s1 is finite whenever the entries were counted (finite step, or masked and scaled); a light
         # step's non-finite sum: non-finite entries whose number was not measured
-        "act_frac_nonfinite": tf.where(tf.math.is_finite(p["s1"]), (p["n"] - p["finite"]) / n, float("nan")),
-        "act_frac_saturated": p["saturated"] / n,
-        "act_frac_zero_var": p["zero_var"] / tf.maximum(p["rows"], 1.0),
-        "in_max_abs": _in_max_abs(sources, p["top"], p["in_top"]),
+        "act_frac_nonfinite": lambda: tf.where(tf.math.is_finite(p["s1"]), (p["n"] - p["finite"]) / n, float("nan")),
+        "act_frac_saturated": lambda: p["saturated"] / n,
+        "act_frac_zero_var": lambda: p["zero_var"] / tf.maximum(p["rows"], 1.0),
+        "in_max_abs": lambda: _in_max_abs(sources, p["top"], p["in_top"]),
     }
+    return {name: make[name]() for name in wanted}
+
+
+def measured_fields(detail: Any, tops: bool) -> tuple[str, ...]:
+    """The fields :func:`parts` can carry: all of them, except on a light step (``detail`` False), which
+    has the every-step fields and, where the quick vectors hold max and min, ``TOPS``."""
+    if detail is not False:
+        return FIELDS
+    return (*EVERY_STEP, *TOPS) if tops else EVERY_STEP
 
 
 def _in_max_abs(sources: Sequence[Sequence[int]], top: tf.Tensor, own: tf.Tensor) -> tf.Tensor:

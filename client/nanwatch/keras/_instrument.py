@@ -171,7 +171,8 @@ class Instrumentation:
         inputs = [t for t in tf.nest.flatten(args) if isinstance(t, tf.Tensor) and trace.owns(t)]
         sources = tuple(trace.producers[id(t)] for t in inputs if id(t) in trace.producers)
         own = [t for t in inputs if id(t) not in trace.producers]
-        trace.pending.append(_reductions.Observed.of(slot, output, own, self._bounds[id(layer)], sources, self.tops))
+        tops = self.tops or trace.detail is True  # a detail step takes max and min anyway: here, not twice
+        trace.pending.append(_reductions.Observed.of(slot, output, own, self._bounds[id(layer)], sources, tops))
         trace.seen.add(slot)
         trace.producers[id(output)] = slot
 

@@ -59,10 +59,12 @@ class Activations:
     slots: tuple[int, ...]
     sources: tuple[tuple[int, ...], ...]  # per row: the columns of the watched layers it read
     parts: tf.Tensor
+    fields: tuple[str, ...] = _activations.FIELDS  # the act_* fields ``parts`` carries
 
     def __add__(self, other: Activations) -> Activations:
         parts = tf.concat([self.parts, other.parts], 0)
-        return Activations(self.slots + other.slots, self.sources + other.sources, parts)
+        fields = tuple(f for f in _activations.FIELDS if f in self.fields or f in other.fields)
+        return Activations(self.slots + other.slots, self.sources + other.sources, parts, fields)
 
 
 def measure(observed: Sequence[Observed], detail: Any = True) -> Activations | None:
@@ -73,7 +75,9 @@ def measure(observed: Sequence[Observed], detail: Any = True) -> Activations | N
         [o.output for o in observed], [o.inputs for o in observed], [o.bounds for o in observed],
         [o.quick for o in observed], detail,
     )  # fmt: skip
-    return Activations(tuple(o.slot for o in observed), tuple(o.sources for o in observed), parts)
+    tops = all(o.quick.shape[-1] == len(_activations.QUICK) for o in observed)
+    fields = _activations.measured_fields(detail, tops)
+    return Activations(tuple(o.slot for o in observed), tuple(o.sources for o in observed), parts, fields)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class Plan:
     grad_slots: tuple[int, ...] = ()
     weight_slots: tuple[int, ...] = ()
     act_slots: tuple[int, ...] = ()
+    act_fields: tuple[str, ...] = ()
     act_sources: tuple[tuple[int, ...], ...] = ()
     grads: bool = False
     grad_details: bool = False
@@ -153,6 +158,7 @@ class Plan:
             grad_slots=tuple(inputs.grad_slots),
             weight_slots=tuple(inputs.weight_slots),
             act_slots=acts.slots,
+            act_fields=acts.fields,
             act_sources=tuple(tuple(index[s] for s in sources if s in index) for sources in acts.sources),
             grads=inputs.grads is not None,
             grad_details=inputs.grads is not None and inputs.grads.abs_sums is not None,
@@ -235,7 +241,9 @@ def finish(plan: Plan, raw: dict[str, Any]) -> tuple[tf.Tensor | None, dict[str,
         parts = (tf.ones_like(raw["delta_s"]), raw["delta_s"])
         fields["update_norm"] = _norms.segment_norms(parts, ids, plan.n_layers + 1)[: plan.n_layers]
     if plan.act_slots:
-        fields.update(_scatter(_activations.fields(plan.act_sources, raw["acts"]), plan.act_slots, plan.n_layers))
+        fields.update(
+            _scatter(_activations.fields(plan.act_sources, raw["acts"], plan.act_fields), plan.act_slots, plan.n_layers)
+        )
     if global_norm is not None:
         fields["grad_norm"] = fields["grad_norm"] * inverse
         global_norm = global_norm * inverse
