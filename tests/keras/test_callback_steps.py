@@ -107,10 +107,16 @@ def test_steps_per_execution_reports_one_record_per_chunk(recorder: Recorder) ->
         assert record["grad_norm"] == pytest.approx(max(ref.grad_norm(s) for s in steps), rel=1e-4)
 
 
-@pytest.mark.parametrize(("stride", "bounded"), [(3, True), (None, True), (None, False)])
+@pytest.mark.parametrize(
+    ("stride", "bounded", "counter"), [(3, True, False), (None, True, False), (None, False, False), (3, False, True)]
+)
 def test_activation_stride_thins_out_the_detail_fields_only(
-    recorder: Recorder, stride: int | None, bounded: bool
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch, stride: int | None, bounded: bool, counter: bool
 ) -> None:
+    """The host picks the light or the detail train function per step; ``counter``: the in-graph step
+    counter decides instead (a Keras without ``_make_function``), with the same records."""
+    if counter:
+        monkeypatch.setattr("nanwatch.keras._instrument._can_build_functions", lambda model: False)
     if bounded:
         model = models.compiled("sequential")  # a tanh layer: max-abs every step for its saturation
     else:  # float32, unbounded: max-abs activations are detail fields too

@@ -77,7 +77,8 @@ class Instrumentation:
         self._vector: Any = None  # the step vector the last train_function call returned, if it did
         # what decides a step's details: always (no stride), the host (a light and a detail function), or
         # an in-graph counter (chunks, whose steps all run inside one call)
-        self.detail: bool | None = True if self.stride == 1 else None if self.chunked else False
+        split = not self.chunked and _can_build_functions(model)
+        self.detail: bool | None = True if self.stride == 1 else False if split else None
         self._next_step = 0  # the global step of the next train_function call (host-decided details)
 
     # ------------------------------------------------------------------ install / restore
@@ -331,6 +332,12 @@ def _after(grad: Any, reduction: tf.Tensor) -> Any:
         return grad
     with tf.control_dependencies([reduction]):
         return tf.identity(grad)
+
+
+def _can_build_functions(model: keras.Model) -> bool:
+    """Whether Keras can build a train function around a step function of ours (the TensorFlow
+    trainer's ``_make_function``); without it the in-graph step counter decides the details."""
+    return callable(getattr(model, "_make_function", None))
 
 
 def _tops_every_step(model: keras.Model, bounds: Any) -> bool:
