@@ -105,9 +105,7 @@ def parts(
         return tf.concat([base, tf.zeros([n, len(_DETAIL_PARTS) + 1])], 1)
 
     def finite() -> tf.Tensor:
-        if isinstance(detail, bool):
-            return with_details() if detail else without()
-        return tf.cond(detail, with_details, without)
+        return with_details() if detail is True else tf.cond(detail, with_details, without)
 
     # A light step (details decided on the host, none this step) has no tf.cond at all: a cond here costs
     # ~2 % of a short CPU step even untaken. A non-finite output then shows as its sum (act_mean NaN or

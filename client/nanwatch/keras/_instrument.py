@@ -73,7 +73,7 @@ class Instrumentation:
         self.lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self.loss_scaled = self.lso or getattr(self.optimizer, "loss_scale_factor", None) is not None
         self.stats, self.step = self._make_variables()
-        self.tops = self.stride == 1 or _tops_every_step(model, self._bounds.values())
+        self.tops = _tops_every_step(model, self._bounds.values())  # besides detail steps (every step at stride 1)
         self._vector: Any = None  # the step vector the last train_function call returned, if it did
         # what decides a step's details: always (no stride), the host (a light and a detail function), or
         # an in-graph counter (chunks, whose steps all run inside one call)
