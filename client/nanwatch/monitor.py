@@ -2,10 +2,12 @@
 
 Threading. ``Monitor.log_step`` runs on the training thread and never touches the network: it turns the
 values into Python floats, appends one record to a bounded in-memory buffer under a lock, and checks for
-a halt. One daemon thread per Monitor (``nanwatch-sender``) does all the I/O: it sends the run
-registration (``PUT /v1/runs/{run_id}``) before the first batch, then every ``flush_interval`` seconds,
-or as soon as ``max_batch`` records are waiting, posts them (``POST /v1/runs/{run_id}/steps``) and reads
-the commands in the reply. Monitors share no state, so several can live in one process.
+a halt. ``log_step_later`` appends a record whose values the sender thread converts when it takes the
+record (the Keras callback's way: the training thread then only copies one vector per step). One daemon
+thread per Monitor (``nanwatch-sender``) does all the I/O: it sends the run registration (``PUT
+/v1/runs/{run_id}``) before the first batch, then every ``flush_interval`` seconds, or as soon as
+``max_batch`` records are waiting, posts them (``POST /v1/runs/{run_id}/steps``) and reads the commands
+in the reply. Monitors share no state, so several can live in one process.
 
 Delivery. Records are delivered at least once, in order, within the buffer's bound: a batch that fails
 (network error, timeout, 5xx, 408, 429) goes back to the front of the buffer and is retried with
@@ -37,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
@@ -70,9 +72,26 @@ class Halt:
     at_step: int | None = None
 
 
+class _Later:
+    """A record whose ``log_step`` keyword arguments ``build()`` makes on the sender thread."""
+
+    __slots__ = ("build", "step", "wall_time")  # made on the training thread, every step: kept cheap
+
+    def __init__(self, step: int, wall_time: float, build: Callable[[], Mapping[str, Any]]) -> None:
+        self.step, self.wall_time, self.build = step, wall_time, build
+
+    def record(self) -> dict[str, Any]:
+        kwargs = dict(self.build())
+        scalars = {k: kwargs.pop(k, None) for k in _SCALARS}
+        skipped, layers = kwargs.pop("skipped", None), kwargs.pop("layers", None)
+        if kwargs:
+            raise TypeError(f"unexpected log_step arguments {sorted(kwargs)}")
+        return _make_record(self.step, self.wall_time, scalars, skipped, layers)
+
+
 @dataclass
 class _Batch:
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # made from _Later entries by _send_batch
     acks: list[dict[str, Any]]
     final: bool
 
@@ -225,6 +244,27 @@ class Monitor:
             self._halt(halt)
         return halt
 
+    def log_step_later(
+        self, step: int, build: Callable[[], Mapping[str, Any]], *, wall_time: float | None = None
+    ) -> Halt | None:
+        """``log_step(step, **build())``, with ``build`` called on the sender thread when it takes the record.
+
+        For values whose conversion would cost the training thread time: the Keras callback passes its
+        step vector this way (unpacking it into Python floats costs ~0.1 ms per step). Halts from the
+        service are returned as by ``log_step``, but **the local non-finite check does not see these
+        values**: send a step whose loss or gradient norm may not be finite through ``log_step``. A
+        ``build`` that raises costs its record (logged once, counted in ``dropped``).
+        """
+        if int(step) < 0:
+            raise protocol.ProtocolError("step", f"must be >= 0, got {step}")
+        later = _Later(int(step), time.time() if wall_time is None else float(wall_time), build)
+        with self._cond:
+            self._append(later)
+            halt = self._due_command(later.step)
+        if halt is not None:
+            self._halt(halt)
+        return halt
+
     def sync(self, step: int, timeout: float = 1.0) -> Halt | None:
         """Wait until the service has answered for every record up to ``step``; return a halt due then.
 
@@ -295,7 +335,7 @@ class Monitor:
 
     def _init_state(self) -> None:
         self._cond = threading.Condition()
-        self._buffer: deque[dict[str, Any]] = deque()
+        self._buffer: deque[dict[str, Any] | _Later] = deque()
         self._acks: list[dict[str, Any]] = []
         self._dropped: int = 0
         self._in_flight: int = 0
@@ -309,13 +349,14 @@ class Monitor:
         self._outage_dropped: int | None = None  # `dropped` when the current outage began
         self._last_error: str = ""
         self._errors_logged: set[int] = set()
+        self._build_failed = False  # a log_step_later record could not be made (logged once)
         self._backoff = _Backoff()
         self._urgent = False  # sync() asked for a send now
         self._delivered_step = -1  # the highest step the service has acknowledged
 
     # ------------------------------------------------------------------ training thread
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any] | _Later) -> None:
         if self._closing:
             return
         if len(self._buffer) >= self.buffer_size:
@@ -326,6 +367,8 @@ class Monitor:
             self._cond.notify_all()
 
     def _due_command(self, step: int) -> Halt | None:
+        if not self._pending:
+            return None
         due = [c for c in self._pending.values() if c["at_step"] is None or c["at_step"] <= step]
         for command in due:
             del self._pending[command["id"]]
@@ -424,14 +467,28 @@ class Monitor:
 
     def _take_batch(self, closing: bool) -> _Batch | None:
         with self._cond:
-            records = [self._buffer.popleft() for _ in range(min(self.max_batch, len(self._buffer)))]
+            taken = [self._buffer.popleft() for _ in range(min(self.max_batch, len(self._buffer)))]
             acks, self._acks = self._acks[:_MAX_ACKS], self._acks[_MAX_ACKS:]
             final = closing and not self._buffer
             self._urgent = False
-            if not (records or acks or final):
+            if not (taken or acks or final):
                 return None
-            self._in_flight = len(records)
-            return _Batch(records, acks, final)
+            self._in_flight = len(taken)
+        records = [self._made(r) if isinstance(r, _Later) else r for r in taken]
+        return _Batch([r for r in records if r is not None], acks, final)
+
+    def _made(self, later: _Later) -> dict[str, Any] | None:
+        """The record of a ``log_step_later`` entry; None (dropped, counted, logged once) if it cannot be made."""
+        try:
+            return later.record()
+        except Exception as exc:  # a caller's build() failing must not stop the sender
+            with self._cond:
+                self._dropped += 1
+            log = self._log.debug if self._build_failed else self._log.error
+            self._build_failed = True
+            log("nanwatch: the record of step %d of run %s could not be made and was dropped: %s: %s",
+                later.step, self.run_id, type(exc).__name__, exc)  # fmt: skip
+            return None
 
     def _send_batch(self, batch: _Batch, timeout: float) -> _Outcome:
         body = {

@@ -94,6 +94,71 @@ def test_records_arrive_in_order_with_nonfinite_values_intact(
     assert {r.headers["content-type"] for r in fake_service.seen()} == {content_type}
 
 
+def test_records_logged_later_are_made_on_the_sender_thread_in_order(
+    fake_service: FakeService, make_monitor: MakeMonitor
+) -> None:
+    monitor = make_monitor(fake_service.url, layers=LAYERS)
+    built_on: list[str] = []
+
+    def build(step: int) -> dict[str, Any]:
+        built_on.append(threading.current_thread().name)
+        grad_norm = np.full(3, step, np.float32)
+        return {"loss": step / 8, "lr": 0.5, "skipped": step == 4, "layers": {"grad_norm": grad_norm}}
+
+    for step in range(30):
+        if step % 3:
+            assert monitor.log_step_later(step, lambda step=step: build(step), wall_time=step) is None
+        else:
+            monitor.log_step(step, loss=step / 8, lr=0.5, wall_time=step)
+    monitor.close()
+
+    records = fake_service.records("run-a")
+    assert [r["step"] for r in records] == list(range(30))
+    assert all(r["loss"] == r["step"] / 8 and r["lr"] == 0.5 and r["wall_time"] == r["step"] for r in records)
+    later = [r for r in records if r["step"] % 3]
+    assert all(r["layers"] == {"grad_norm": [float(r["step"])] * 3} for r in later)
+    assert [r["step"] for r in records if r.get("skipped")] == [4]
+    assert len(built_on) == 20 and set(built_on) == {"nanwatch-sender"}
+
+
+def test_a_record_logged_later_that_cannot_be_made_is_dropped_counted_and_logged_once(
+    fake_service: FakeService, make_monitor: MakeMonitor, logs: LogCapture
+) -> None:
+    monitor = make_monitor(fake_service.url)
+
+    def build(step: int) -> dict[str, Any]:
+        if step in (4, 7):
+            raise ValueError(f"no vector for step {step}")
+        return {"loss": 1.0, "layers": {"act_mean": [0.5]}} if step != 9 else {"lost": 1.0}
+
+    for step in range(12):
+        monitor.log_step_later(step, lambda step=step: build(step))
+    monitor.close()
+
+    assert fake_service.steps() == [0, 1, 2, 3, 5, 6, 8, 10, 11]
+    assert monitor.dropped == 3 == fake_service.batches()[-1]["dropped"]
+    [error] = logs.messages(ERROR)
+    assert "step 4 of run run-a could not be made" in error and "no vector for step 4" in error
+
+
+def test_log_step_later_returns_the_services_halt_but_skips_the_local_check(
+    fake_service: FakeService, make_monitor: MakeMonitor
+) -> None:
+    command_id = fake_service.queue_command("run-a", source="detector", reason="grad_explosion", at_step=1000)
+    monitor = make_monitor(fake_service.url)
+    step_until(monitor, lambda _: fake_service.client_has_read(command_id), what="delivery")
+    # documented: a record logged later is not looked at on the training thread
+    assert monitor.log_step_later(999, lambda: {"loss": math.nan, "grad_norm": math.inf}) is None
+    halt = monitor.log_step_later(1000, lambda: {"loss": 1.0})
+    monitor.close()
+
+    assert halt == Halt("grad_explosion", 1000, "detector", command_id, 1000) == monitor.halted
+    [nan_step] = [r for r in fake_service.records("run-a") if r["step"] == 999]
+    assert math.isnan(nan_step["loss"]) and math.isinf(nan_step["grad_norm"])
+    with pytest.raises(ProtocolError, match="step"):
+        monitor.log_step_later(-1, dict)
+
+
 def test_registration_is_sent_before_the_first_batch_and_again_after_register(
     fake_service: FakeService, make_monitor: MakeMonitor
 ) -> None:

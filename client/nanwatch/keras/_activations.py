@@ -8,11 +8,11 @@ layers (on CPU each TensorFlow op and each ``tf.cond`` costs microseconds howeve
   bfloat16 runs, whose headroom is small, or no stride), ``max``, ``min`` and the max |x| of the inputs
   no watched layer produced. Elsewhere those three come with the detail statistics and on every step
   that holds a non-finite value.
-- :func:`parts`, once for all layers at the end of the forward pass. On a detail step (and under an
-  in-graph step counter) one ``tf.cond`` on whether every quick value is finite: on the usual finite
-  step it derives ``act_max_abs``, ``act_mean`` and ``act_frac_nonfinite`` (0) from the quick values and,
-  on detail steps, adds ``act_std``, ``act_frac_zero``, ``act_frac_saturated`` and ``act_frac_zero_var``
-  from one more pass over each output. On a step where some quick value is not finite (a NaN or Inf
+- :func:`parts`, once for all layers at the end of the forward pass. On a detail step it derives
+  ``act_max_abs``, ``act_mean`` and ``act_frac_nonfinite`` (0) from the quick values and adds ``act_std``,
+  ``act_frac_zero``, ``act_frac_saturated`` and ``act_frac_zero_var`` from the detail reductions of each
+  output, then one ``tf.cond`` on whether all of these are finite (under an in-graph step counter a first
+  cond on the quick values decides whether to go on). On a step where some value is not finite (a NaN or Inf
   entry, or a sum that overflowed) the masked formulas run for the layers concerned: mean and std over
   the finite entries, max |x| +Inf when any entry is ±Inf, a row holding NaN never counted as
   zero-variance. A light step (``detail=False``: the host runs the details in another function) has no
@@ -104,13 +104,17 @@ def parts(
         base = tf.stack([zeros, q[:, 0], sizes, tf.ones([n]), zeros, zeros], 1)  # no top, constant, in_top
         return tf.concat([base, tf.zeros([n, len(_DETAIL_PARTS) + 1])], 1)
 
-    def finite() -> tf.Tensor:
-        return with_details() if detail is True else tf.cond(detail, with_details, without)
-
     # A light step (details decided on the host, none this step) has no tf.cond at all: a cond here costs
     # ~2 % of a short CPU step even untaken. A non-finite output then shows as its sum (act_mean NaN or
-    # +-Inf, act_frac_nonfinite NaN: present, fraction not measured); see ``fields``.
-    measured = without() if detail is False else tf.cond(_all_finite(q), finite, masked)
+    # +-Inf, act_frac_nonfinite NaN: present, fraction not measured); see ``fields``. A detail step has
+    # one cond, on the quick and detail values together (the detail reductions run on every finite step
+    # anyway); under an in-graph step counter a first cond on the quick values decides.
+    if detail is False:
+        measured = without()
+    elif detail is True:
+        measured = with_details()
+    else:
+        measured = tf.cond(_all_finite(q), lambda: tf.cond(detail, with_details, without), masked)
     return tf.concat([measured, tf.stack([sizes, rows], 1)], 1)
 
 
@@ -142,7 +146,7 @@ def _quick_detail(x: tf.Tensor, bounds: Bounds) -> Parts:
     return {
         "s2": 2.0 * tf.nn.l2_loss(x),
         "zero_var": _zero_var_rows(x, masked=False),
-        "nonzero": tf.math.count_nonzero(x, dtype=tf.float32),  # a float count: no int64 temporary
+        "nonzero": _nonzero(x),
         "saturated": _saturated(x, bounds),
     }
 
@@ -161,9 +165,15 @@ def _masked(x: tf.Tensor, own: Sequence[tf.Tensor], bounds: Bounds) -> Parts:
         "in_top": _top_of([_max_abs(t) for t in own]),
         "s2": 2.0 * tf.nn.l2_loss(y),
         "zero_var": _zero_var_rows(x, masked=True),
-        "nonzero": tf.math.count_nonzero(x, dtype=tf.float32),  # a float count: no int64 temporary
+        "nonzero": _nonzero(x),
         "saturated": _saturated(x, bounds),
     }
+
+
+def _nonzero(x: tf.Tensor) -> tf.Tensor:
+    """The number of non-zero entries (NaN counts), as ``count_nonzero``: a float→bool cast is several
+    times faster on CPU than its ``not_equal(x, 0)`` (measured: ~10 µs against ~120 µs for 256×256)."""
+    return tf.reduce_sum(tf.cast(tf.cast(x, tf.bool), tf.float32))
 
 
 def _top_of(tops: Sequence[tf.Tensor]) -> tf.Tensor:

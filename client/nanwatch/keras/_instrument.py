@@ -129,7 +129,7 @@ class Instrumentation:
         returned, self._vector = self._vector, None
         if returned is not None:
             return np.asarray(returned)
-        vec: np.ndarray = self.stats.numpy()
+        vec = np.array(self.stats.numpy())  # a copy: the variable is reset below and written next step
         if self.chunked:
             self.stats.assign(tf.zeros([self.layout.size]))
         return vec
@@ -301,7 +301,7 @@ class Instrumentation:
             weight_slots=trace.weight_slots or (), scale=trace.scale,
             activations=trace.activations,
         )  # fmt: skip
-        raw = _reductions.read(inputs, trace.detail)
+        raw = _reductions.read(inputs, trace.detail, safe=False)  # see _reductions.read and _before_apply
         values = {
             "loss": tf.cast(trace.loss, tf.float32) if trace.loss is not None else tf.constant(0.0),
             "lr": trace.lr if trace.lr is not None else tf.constant(0.0),

@@ -8,9 +8,10 @@ small its input, so nothing is done per tensor that can be done once for all.
 
 Tiers: every step carries the global gradient norm, per-layer ``grad_norm`` and the every-step
 activation fields (everything a non-finite value shows in); detail steps add ``weight_norm``,
-``grad_mean_abs``, ``update_norm`` and the detail activation fields. Weight norms, and gradient norms
-where ``gradient_stats`` is asked to be safe (the custom-loop helpers), switch to the scale-safe parts
-(``_norms``, one ``tf.cond`` each) on a step where a quick one is not finite.
+``grad_mean_abs``, ``update_norm`` and the detail activation fields. Where asked to be safe (the
+custom-loop helpers; not the training callback, to which a ``tf.cond`` costs ~1-2 % of a CPU step), weight
+and gradient norms switch to the scale-safe parts (``_norms``, one ``tf.cond`` each) on a step where a
+quick one is not finite.
 The detail sums are plain float32: ``sum |g|`` overflows only past 3.4e38 and ``||Δw||`` past 1.8e19,
 far beyond where the every-step norms have raised the alarm.
 """
@@ -171,11 +172,13 @@ class Plan:
 # ---------------------------------------------------------------------- stage 1: read the big tensors
 
 
-def read(inputs: StepInputs, detail: Any = True) -> dict[str, Any]:
+def read(inputs: StepInputs, detail: Any = True, *, safe: bool = True) -> dict[str, Any]:
     """The small raw vectors of one step; ``detail``: True, or a boolean tensor (a stride's step test).
 
     Weights and updates are detail statistics: a step that measures no details passes neither ``new`` nor
-    ``old``.
+    ``old``. ``safe``: scale-safe weight norms (a ``tf.cond``, ~2 % of the benchmark MLP's step); without
+    it a weight norm above ~1.8e19, whose square overflows float32, reads as +Inf, as the training
+    callback's gradient and update norms do.
     """
     new = [_norms.f32(w) for w in inputs.new]
     raw: dict[str, Any] = {}
@@ -187,7 +190,10 @@ def read(inputs: StepInputs, detail: Any = True) -> dict[str, Any]:
     if inputs.scale is not None:
         raw["scale"] = tf.cast(inputs.scale, tf.float32)
     if new:
-        raw["weights"] = _weight_parts(new) if detail is True else _weight_parts_when(detail, new)
+        if not safe:
+            raw["weights"] = _when_parts(detail, lambda: _norms.quick_parts(new), len(new))
+        else:
+            raw["weights"] = _when_parts(detail, lambda: _weight_parts(new), len(new))
     if new and inputs.old is not None:
         raw["delta_s"] = _when(detail, lambda: _update_squares(new, inputs.old or ()), len(new))
     if inputs.activations is not None:
@@ -200,11 +206,13 @@ def _weight_parts(new: Sequence[tf.Tensor]) -> _norms.Parts:
     return tf.cond(_norms.all_finite(quick[1]), lambda: quick, lambda: _norms.safe_parts(new))  # type: ignore[no-any-return]
 
 
-def _weight_parts_when(detail: Any, new: Sequence[tf.Tensor]) -> _norms.Parts:
-    """The weights' parts on detail steps, zeros on the others (a non-finite weight shows in the next
+def _when_parts(detail: Any, compute: Callable[[], _norms.Parts], size: int) -> _norms.Parts:
+    """``compute()`` on detail steps, zero parts on the others (a non-finite weight shows in the next
     forward pass's activations and gradients, which every step measures)."""
-    zeros = tf.zeros([len(new)])
-    return tf.cond(detail, lambda: _weight_parts(new), lambda: (zeros, zeros))  # type: ignore[no-any-return]
+    if detail is True:
+        return compute()
+    zeros = tf.zeros([size])
+    return tf.cond(detail, compute, lambda: (zeros, zeros))  # type: ignore[no-any-return]
 
 
 def _update_squares(new: Sequence[tf.Tensor], old: Sequence[Any]) -> tf.Tensor:

@@ -57,6 +57,8 @@ class Layout:
         self.size = N_SCALARS + len(LAYER_FIELDS) * slots
         per_field = [np.full(slots, FIELD_FOLD[f], np.int32) for f in LAYER_FIELDS]
         self.fold = np.concatenate([np.array(_SCALAR_FOLD, np.int32), *per_field])
+        self._counts = np.array([FIELD_COUNT[f] for f in LAYER_FIELDS])
+        self._means = np.array([FIELD_FOLD[f] == SUM for f in LAYER_FIELDS])
 
     def pack(self, scalars: dict[int, Any], fields: dict[str, Any]) -> tf.Tensor:
         """The step vector from scalar tensors by position and ``[slots]`` tensors by field name."""
@@ -90,10 +92,13 @@ class Layout:
         if skips:
             kwargs["skipped"] = bool(vec[SKIPPED] > 0)
         grid = vec[N_SCALARS:].astype(np.float64).reshape(len(LAYER_FIELDS), self.slots)[:, :n_layers]
-        layers = {}
-        for row, field in enumerate(LAYER_FIELDS):
-            count = vec[FIELD_COUNT[field]]
-            if count > 0:
-                layers[field] = grid[row] / count if FIELD_FOLD[field] == SUM and count != 1 else grid[row]
-        kwargs["layers"] = layers
+        counts = vec[self._counts].astype(np.float64)
+        divisors = np.where(self._means & (counts > 0), counts, 1.0)
+        rows = (grid / divisors[:, None]).tolist()
+        kwargs["layers"] = {field: rows[i] for i, field in enumerate(LAYER_FIELDS) if counts[i] > 0}
         return kwargs
+
+    @staticmethod
+    def head(vec: np.ndarray) -> list[float]:
+        """The scalar positions of ``vec`` as Python floats (cheaper to test than numpy scalars)."""
+        return vec[:N_SCALARS].tolist()  # type: ignore[no-any-return]
