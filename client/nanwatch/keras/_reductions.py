@@ -238,12 +238,14 @@ def finish(plan: Plan, raw: dict[str, Any]) -> tuple[tf.Tensor | None, dict[str,
     """
     fields: dict[str, tf.Tensor] = {}
     global_norm = _param_norms(plan, raw, fields)
-    inverse = 1.0 / raw["scale"] if plan.scaled else tf.constant(1.0)
+    inverse = 1.0 / raw["scale"] if plan.scaled else 1.0
     if plan.grad_details:
         ids, n = _norms.columns(plan.grad_slots, plan.n_layers), plan.n_layers + 1
         total = _norms.segment_sums(raw["grad_abs"], ids, n)
         count = tf.maximum(_norms.segment_sums(raw["grad_sizes"], ids, n), 1.0)
-        fields["grad_mean_abs"] = (total / count)[: plan.n_layers] * inverse
+        fields["grad_mean_abs"] = (total / count)[: plan.n_layers]
+        if plan.scaled:
+            fields["grad_mean_abs"] = fields["grad_mean_abs"] * inverse
     if plan.updates:
         ids = _norms.columns(plan.weight_slots, plan.n_layers)
         parts = (tf.ones_like(raw["delta_s"]), raw["delta_s"])
@@ -252,7 +254,7 @@ def finish(plan: Plan, raw: dict[str, Any]) -> tuple[tf.Tensor | None, dict[str,
         fields.update(
             _scatter(_activations.fields(plan.act_sources, raw["acts"], plan.act_fields), plan.act_slots, plan.n_layers)
         )
-    if global_norm is not None:
+    if global_norm is not None and plan.scaled:
         fields["grad_norm"] = fields["grad_norm"] * inverse
         global_norm = global_norm * inverse
     return global_norm, fields

@@ -61,7 +61,7 @@ def step_vector(
     # Under a LossScaleOptimizer a non-finite gradient means the scaler skips the step: that is the
     # scaler's overflow, not the model's gradient, so the record says "skipped" instead.
     keep = tf.math.is_finite(global_norm) if lso and global_norm is not None else tf.constant(True)
-    for name in _vector.GRAD_FIELDS:
+    for name in _vector.GRAD_FIELDS if lso else ():
         if name in fields:
             fields[name] = tf.where(keep, fields[name], 0.0)
     flags = (trace.loss is not None, trace.applied, bool(plan.act_slots))
