@@ -206,7 +206,8 @@ class Monitor:
     ) -> None:
         """Update the run registration and have the sender (re)send it before the next batch.
 
-        ``fields`` are other registration fields: ``name``, ``team``, ``framework``, ``halt_on``, ``meta``.
+        ``fields`` are other registration fields: ``name``, ``team``, ``framework``, ``halt_on``, ``stable_loss``,
+        ``meta``.
         Raises :class:`~nanwatch.ProtocolError` at once if a value does not follow the protocol.
         """
         with self._cond:

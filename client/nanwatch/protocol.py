@@ -3,7 +3,9 @@
 Three messages travel between a training job and the service:
 
 - a **run registration** (``PUT /v1/runs/{run_id}``): name, team, framework, dtype policy, the layer
-  table in forward order and the halt policy;
+  table in forward order, the halt policy and ``stable_loss`` (true when the training loss cannot turn
+  a probability of exactly 0 or 1 into a non-finite value: Keras' built-in cross-entropies, which clip
+  probabilities before the log or take logits);
 - a **step batch** (``POST /v1/runs/{run_id}/steps``): step records, acknowledgements of commands, the
   client's drop counter and a ``final`` flag when the job ends;
 - the **ingest reply**: ``{"accepted": n, "commands": [...]}``, which is how halts reach the job.
@@ -217,7 +219,9 @@ def check_run_id(run_id: str) -> str:
 
 # --------------------------------------------------------------------------- messages
 
-_RUN_KEYS: Final = frozenset({"protocol", "name", "team", "framework", "dtype_policy", "layers", "halt_on", "meta"})
+_RUN_KEYS: Final = frozenset(
+    {"protocol", "name", "team", "framework", "dtype_policy", "layers", "halt_on", "stable_loss", "meta"}
+)
 _LAYER_KEYS: Final = frozenset({"name", "kind", "activation", "params"})
 _BATCH_KEYS: Final = frozenset({"protocol", "attempt", "records", "acks", "dropped", "final"})
 _RECORD_KEYS: Final = frozenset({"step", "skipped", "layers", *SCALAR_FIELDS})
@@ -243,6 +247,7 @@ def decode_run(obj: Any) -> dict[str, Any]:
     policy = obj.get("dtype_policy")
     run["dtype_policy"] = "float32" if policy is None else _choice(policy, "dtype_policy", DTYPE_POLICIES)
     run["halt_on"] = _choice(obj.get("halt_on", "critical"), "halt_on", HALT_POLICIES)
+    run["stable_loss"] = _bool(obj.get("stable_loss", False), "stable_loss")
     run["layers"] = [
         _decode_layer(v, f"layers[{i}]") for i, v in enumerate(_list(obj.get("layers", []), "layers", MAX_LAYERS))
     ]

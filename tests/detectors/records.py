@@ -28,8 +28,10 @@ def relu_mlp(depth: int = 4, *, out: str | None = "sigmoid") -> list[dict[str, A
 class Run:
     """A registered run and a factory for its healthy step records, with per-field overrides."""
 
-    def __init__(self, layers: Sequence[Mapping[str, Any]], dtype_policy: str = "float32", seed: int = 0) -> None:
-        self.spec = protocol.decode_run({"name": "t", "dtype_policy": dtype_policy, "layers": list(layers)})
+    def __init__(
+        self, layers: Sequence[Mapping[str, Any]], dtype_policy: str = "float32", seed: int = 0, **fields: Any
+    ) -> None:
+        self.spec = protocol.decode_run({"name": "t", "dtype_policy": dtype_policy, "layers": list(layers), **fields})
         self.layers = self.spec["layers"]
         self.rng = random.Random(seed)
         self.noise = 0.0

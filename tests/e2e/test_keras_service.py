@@ -38,6 +38,31 @@ def test_seed_zero_variance_layer_is_critical_at_step_zero_and_the_job_stops_its
     assert critical[0]["step"] == 0 and critical[0]["layer"] == "my_custom_layer"
 
 
+@pytest.mark.parametrize("loss", ["binary_crossentropy", keras.losses.BinaryCrossentropy()])
+def test_a_confident_sigmoid_classifier_with_a_built_in_loss_is_warned_about_not_halted(
+    service: Service, loss: Any
+) -> None:
+    """Its top probability comes within a few float32 steps of 1, where a hand-written log(1 - p) is about to
+    break (bench S6) but Keras' cross-entropy is not: saturation warnings, no critical event, no halt."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, activation="sigmoid", name="prob")])
+    model.compile(optimizer=keras.optimizers.Adam(0.5), loss=loss)
+    x = np.repeat(np.array([[-5.0], [5.0]], "float32"), 16, axis=0)
+    y = (x > 0).astype("float32")
+    run_id = f"confident-{type(loss).__name__}"
+    callback = NanWatchCallback(service.url, run_id=run_id, lockstep=True)
+    model.fit(x, y, batch_size=32, epochs=60, verbose=0, callbacks=[callback])
+
+    assert callback.halted is None
+    top = float(model.predict(x[-1:], verbose=0)[0, 0])
+    assert 1.0 - top <= 10 * 2.0**-24  # within the critical margin (10 float32 steps below 1)
+    events = service.client.get(f"/v1/runs/{run_id}/events").json()["events"]
+    saturation = [e for e in events if e["detector"] == "saturation"]
+    assert saturation and {e["severity"] for e in saturation} == {"warning"}
+    assert "warning only" in saturation[-1]["message"]
+    assert [e for e in events if e["severity"] == "critical"] == []
+
+
 class _Poison(keras.layers.Layer):
     """Adds NaN to the rows whose flag input exceeds 100 (a kernel going bad on some inputs)."""
 

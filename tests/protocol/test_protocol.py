@@ -75,17 +75,27 @@ def test_json_spells_nonfinite_floats_as_strings(value: float, text: str) -> Non
     st.dictionaries(st.sampled_from(["name", "team", "framework"]), st.text(max_size=20)),
     st.sampled_from(protocol.HALT_POLICIES),
     st.sampled_from(protocol.DTYPE_POLICIES),
+    st.booleans(),
 )
-def test_run_registration_round_trips(fields: dict[str, str], halt_on: str, dtype: str) -> None:
+def test_run_registration_round_trips(fields: dict[str, str], halt_on: str, dtype: str, stable_loss: bool) -> None:
     run = {
         **fields,
         "halt_on": halt_on,
         "dtype_policy": dtype,
+        "stable_loss": stable_loss,
         "layers": [{"name": "d", "kind": "Dense", "activation": "relu", "params": 10}],
     }
     for content_type in (protocol.MSGPACK, protocol.JSON):
         decoded = protocol.decode_run(protocol.loads(protocol.dumps(run, content_type), content_type))
         assert {k: decoded[k] for k in run} == run
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_a_registration_flag_that_is_not_a_boolean_is_refused_by_name(value: Any) -> None:
+    assert protocol.decode_run({"name": "r"})["stable_loss"] is False  # absent: not stable
+    with pytest.raises(protocol.ProtocolError) as caught:
+        protocol.decode_run({"name": "r", "stable_loss": value})
+    assert caught.value.field == "stable_loss"
 
 
 def test_a_command_in_a_reply_decodes_and_ignores_fields_it_does_not_know() -> None:

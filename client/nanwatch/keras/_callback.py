@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import math
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import keras
+from keras import tree
 
 from nanwatch import protocol
 from nanwatch.keras import _vector
@@ -204,7 +205,9 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
     def _register(self, inst: Instrumentation) -> None:
         if len(inst.observed) != self._registered:
             self._registered = len(inst.observed)
-            self.monitor.register(layers=inst.table(), dtype_policy=_dtype_policy(self.model))
+            self.monitor.register(
+                layers=inst.table(), dtype_policy=_dtype_policy(self.model), stable_loss=_stable_loss(self.model)
+            )
 
     def _stop(self, halt: Halt) -> None:
         self.halted = halt
@@ -243,6 +246,34 @@ def _initial_step(model: Any) -> int:
         return int(model.optimizer.iterations.numpy())
     except (AttributeError, TypeError, ValueError):
         return 0
+
+
+_STABLE_LOSSES: Final = frozenset(
+    {
+        keras.losses.binary_crossentropy,
+        keras.losses.categorical_crossentropy,
+        keras.losses.sparse_categorical_crossentropy,
+        keras.losses.binary_focal_crossentropy,
+        keras.losses.categorical_focal_crossentropy,
+    }
+)
+
+
+def _stable_loss(model: Any) -> bool:
+    """Whether every loss ``model`` was compiled with is a built-in cross-entropy, which clips probabilities
+    before taking their log (or takes logits): a probability of exactly 0 or 1 cannot make it non-finite.
+    Losses given as other functions or ``Loss`` subclasses, or none (a custom ``train_step``), are not."""
+    losses = [loss for loss in tree.flatten(getattr(model, "loss", None)) if loss is not None]
+    return bool(losses) and all(_is_stable(loss) for loss in losses)
+
+
+def _is_stable(loss: Any) -> bool:
+    if isinstance(loss, str):
+        try:
+            loss = keras.losses.get(loss)
+        except ValueError:
+            return False
+    return getattr(loss, "fn", loss) in _STABLE_LOSSES  # a built-in Loss class wraps its function as .fn
 
 
 def _dtype_policy(model: Any) -> str:

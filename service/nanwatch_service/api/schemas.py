@@ -21,6 +21,12 @@ RUN_BODY: dict[str, Any] = {
         "framework": {"type": "string", "examples": ["keras-3.15/tensorflow-2.21"]},
         "dtype_policy": {"type": "string", "enum": list(protocol.DTYPE_POLICIES)},
         "halt_on": {"type": "string", "enum": list(protocol.HALT_POLICIES), "default": "critical"},
+        "stable_loss": {
+            "type": "boolean",
+            "default": False,
+            "description": "the loss cannot turn a probability of exactly 0 or 1 into NaN/Inf (a built-in "
+            "cross-entropy that clips probabilities or takes logits): saturation is then never critical",
+        },
         "layers": {
             "type": "array",
             "description": "the layer table in forward order; per-layer arrays of step records follow it",

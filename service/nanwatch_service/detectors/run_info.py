@@ -72,6 +72,7 @@ class RunInfo:
         self.activations = tuple(_activation(layer) for layer in layers)
         self.has_weights = np.array([int(layer.get("params") or 0) > 0 for layer in layers], dtype=bool)
         self.dtype_policy = str(run.get("dtype_policy") or "float32")
+        self.stable_loss = bool(run.get("stable_loss"))  # probabilities at exactly 0 or 1 cannot break it
         self.act_dtype, self.var_dtype = POLICY_DTYPES.get(self.dtype_policy, ("float32", "float32"))
         # Under a mixed policy the output layer computes in float32, as Keras recommends (the layer table
         # carries no per-layer dtype).

@@ -6,8 +6,10 @@ the top sigmoid output's margin ``1 - p_max`` shrinking toward the dtype's resol
 (``eps`` = 2**-24 in float32, 2**-11 in float16): within ``warn_ulps`` × eps it is a warning, within
 ``critical_ulps`` × eps critical (the logit is then within ~2.3 of rounding p to exactly 1). A margin
 over ``max_warn_margin``/``max_critical_margin`` (1e-3/1e-4) never counts: in half precision 100 ulps
-reach down to p = 0.6, an ordinary prediction, so there only an exact 1 does. Keras'
-built-in losses clip p and would carry on, which these statistics cannot tell apart: the message says so.
+reach down to p = 0.6, an ordinary prediction, so there only an exact 1 does. Keras' built-in
+cross-entropies clip p (or take logits) and carry on: a run that registers ``stable_loss`` (the Keras
+callback does for those losses) gets warnings only, since its saturation slows learning but cannot make
+the loss non-finite.
 Exact zeros of a probability layer, or most of a bounded layer within 1e-7 of its bounds, are warnings.
 
 A confident softmax routinely puts its top probability at 1 - 1e-8, so only its exact zeros count.
@@ -37,7 +39,8 @@ SIGMOID_LIKE = frozenset({"sigmoid", "hard_sigmoid"})
 class Saturation:
     """Warning when more than ``fraction`` of a bounded layer's outputs sit within 1e-7 of its bounds, a
     probability layer outputs exact zeros, or a sigmoid output is within ``warn_ulps`` resolution steps of 1;
-    critical within ``critical_ulps`` steps, or within ``warn_ulps`` on a mostly saturated layer."""
+    critical within ``critical_ulps`` steps, or within ``warn_ulps`` on a mostly saturated layer (never when
+    the run registered a ``stable_loss``)."""
 
     name: ClassVar[str] = "saturation"
     fraction: float = 0.5
@@ -58,7 +61,7 @@ class Saturation:
         with np.errstate(invalid="ignore"):
             mostly = (share > self.fraction) & run.bounded
             near = margin <= warn_at
-            critical = (margin <= critical_at) | (mostly & near)
+            critical = ((margin <= critical_at) | (mostly & near)) & (not run.stable_loss)
             # an exact 0 is also within 1e-7 of the bound: both fractions agree when the zeros are real
             exact_zeros = (zeros > 0) & (share > 0) & run.probability
             flagged = mostly | near | exact_zeros
@@ -93,6 +96,8 @@ class Saturation:
                 f"{fmt(warn_at)}, critical ≤ {fmt(critical_at)}): once it rounds to 1 a hand-written log(1 - p) "
                 f"is -inf (a built-in loss clips p and carries on){measured}"
             )
+            if run.stable_loss:
+                message += "; this run's loss is a built-in cross-entropy, so it is a warning only"
             if math.isnan(share):
                 value, threshold = margin, warn_at
         elif share <= self.fraction:
