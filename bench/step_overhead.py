@@ -9,7 +9,11 @@ alike. Instrumented steps are split by kind: light (every-step statistics) and d
 ``activation_stride``-th step). It prints the median step-time ratio of each kind and, from them, the
 mean overhead for a few strides: ``((k - 1) * light + detail) / k``.
 
-    python bench/step_overhead.py [--steps 3000] [--models mlp,cnn]
+    python bench/step_overhead.py [--steps 3000] [--models mlp,cnn] [--inline-records]
+
+``--inline-records`` adds a third arm, a second instrumented copy of the model whose records are made on
+the training thread (``Monitor.log_step`` with the unpacked vector, as before ``log_step_later``): what
+handing the unpacking to the sender thread saves. Its column is the ratio of its median step to plain.
 
 The private attributes it reads (``_instrumentation``, ``_next_step``) are the callback's internals:
 this is a measuring instrument, not an example.
@@ -39,47 +43,68 @@ from nanwatch.keras import NanWatchCallback
 STRIDE = 10  # the callback's default
 
 
-def measure(build: Any, url: str, steps: int) -> dict[str, float]:
+def instrumented(build: Any, url: str, name: str, inline: bool = False) -> tuple[Any, Any, Any, Any]:
+    """A fresh model's plain train function, its callback (installed), a dataset iterator and the
+    instrumented train function; ``inline``: the callback's records are made on the training thread."""
     keras.utils.set_random_seed(0)
     model, x, y, batch = build()
     model.fit(x[: 2 * batch], y[: 2 * batch], batch_size=batch, verbose=0)  # build the optimizer
     iterator = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).repeat())
     model.make_train_function(force=True)
     plain = model.train_function
-    callback = NanWatchCallback(url, run_id=f"step-overhead-{build.__name__}", halt_on="never")
+    callback = NanWatchCallback(url, run_id=f"step-overhead-{name}", halt_on="never")
     callback.set_model(model)
     callback.on_train_begin()  # installs the instrumented train function(s)
-    watched, inst = model.train_function, callback._instrumentation
-    assert inst is not None and inst.stride == STRIDE
+    if inline:
+        monitor = callback.monitor
+        monitor.log_step_later = lambda step, make, **kw: monitor.log_step(step, **make())
+    assert callback._instrumentation is not None and callback._instrumentation.stride == STRIDE
+    return plain, callback, iterator, model.train_function
 
-    def instrumented(step: int) -> None:
-        callback.on_train_batch_end(step, watched(iterator))
 
-    for step in range(4 * STRIDE):  # trace and warm up both
-        plain(iterator)
-        instrumented(step)
-    times = {"plain": np.zeros(steps), "watched": np.zeros(steps)}
+def measure(build: Any, url: str, steps: int, inline: bool) -> dict[str, float]:
+    plain, callback, iterator, watched = instrumented(build, url, build.__name__)
+    arms = {
+        "plain": lambda step: plain(iterator),
+        "watched": lambda step: callback.on_train_batch_end(step, watched(iterator)),
+    }
+    if inline:
+        _, other, other_iterator, other_watched = instrumented(build, url, f"{build.__name__}-inline", inline=True)
+        arms["inline"] = lambda step: other.on_train_batch_end(step, other_watched(other_iterator))
+    inst = callback._instrumentation
+    assert inst is not None
+    names = list(arms)
+    for step in range(4 * STRIDE):  # trace and warm up every arm
+        for name in names:
+            arms[name](step)
+    times = {name: np.zeros(steps) for name in names}
     detail = np.zeros(steps, dtype=bool)
     for i in range(steps):
         detail[i] = inst._next_step % STRIDE == 0
-        for name in ("plain", "watched") if i % 2 else ("watched", "plain"):
+        for name in names[i % len(names) :] + names[: i % len(names)]:  # the order rotates
             start = time.perf_counter()
-            plain(iterator) if name == "plain" else instrumented(i)
+            arms[name](i)
             times[name][i] = time.perf_counter() - start
     callback.on_train_end()
+    if inline:
+        other.on_train_end()
     base = float(np.median(times["plain"]))
-    return {
+    result = {
         "plain_ms": 1e3 * base,
         "light": float(np.median(times["watched"][~detail])) / base,
         "detail": float(np.median(times["watched"][detail])) / base,
         "all_median": float(np.median(times["watched"])) / base,
     }
+    if inline:
+        result["inline_median"] = float(np.median(times["inline"])) / base
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--inline-records", action="store_true", help="add the arm that unpacks on the training thread")
     args = parser.parse_args()
     logging.getLogger("nanwatch").setLevel(logging.ERROR)
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {args.steps} steps of each, interleaved")
@@ -87,14 +112,16 @@ def main() -> None:
     print(
         f"  {'model':<6}{'plain ms':>10}{'light':>8}{'detail':>8}{'median':>8}   "
         + "".join(f"{'k=' + str(k):>8}" for k in strides)
+        + ("   inline median" if args.inline_records else "")
     )
     with running_service() as url:
         for name in args.models.split(","):
-            r = measure({"mlp": mlp, "cnn": cnn}[name], url, args.steps)
+            r = measure({"mlp": mlp, "cnn": cnn}[name], url, args.steps, args.inline_records)
             mean = [((k - 1) * r["light"] + r["detail"]) / k for k in strides]
             print(
                 f"  {name:<6}{r['plain_ms']:>10.3f}{r['light']:>8.3f}{r['detail']:>8.3f}{r['all_median']:>8.3f}   "
                 + "".join(f"{m:>8.3f}" for m in mean)
+                + (f"{r['inline_median']:>16.3f}" if args.inline_records else "")
             )
 
 
