@@ -54,7 +54,6 @@ _BACKOFF_START: Final = 0.5
 _BACKOFF_CAP: Final = 10.0
 _MAX_ACKS: Final = 1000
 _RETRY_STATUSES: Final = frozenset({0, 408, 429})  # 0: no HTTP answer at all (refused, timeout, reset)
-_SCALARS: Final = ("loss", "lr", "grad_norm", "loss_scale")
 
 
 @dataclass(frozen=True)
@@ -81,12 +80,7 @@ class _Later:
         self.step, self.wall_time, self.build = step, wall_time, build
 
     def record(self) -> dict[str, Any]:
-        kwargs = dict(self.build())
-        scalars = {k: kwargs.pop(k, None) for k in _SCALARS}
-        skipped, layers = kwargs.pop("skipped", None), kwargs.pop("layers", None)
-        if kwargs:
-            raise TypeError(f"unexpected log_step arguments {sorted(kwargs)}")
-        return _make_record(self.step, self.wall_time, scalars, skipped, layers)
+        return _make_record(self.step, self.wall_time, **self.build())
 
 
 @dataclass
@@ -235,7 +229,7 @@ class Monitor:
         command yields its own Halt; the local non-finite check fires only while nothing has halted yet.
         """
         scalars = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_scale": loss_scale}
-        record = _make_record(step, wall_time, scalars, skipped, layers)
+        record = _make_record(step, wall_time, skipped=skipped, layers=layers, **scalars)
         with self._cond:
             self._append(record)
             halt = self._due_command(record["step"])
@@ -658,16 +652,22 @@ def _registration(
 def _make_record(
     step: int,
     wall_time: float | None,
-    scalars: Mapping[str, Any],
-    skipped: bool | None,
-    layers: Mapping[str, Any] | None,
+    *,
+    loss: float | None = None,
+    lr: float | None = None,
+    grad_norm: float | None = None,
+    loss_scale: float | None = None,
+    skipped: bool | None = None,
+    layers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The record of ``log_step``'s arguments (ProtocolError for a bad value, TypeError for an unknown one)."""
     if int(step) < 0:
         raise protocol.ProtocolError("step", f"must be >= 0, got {step}")
     record: dict[str, Any] = {
         "step": int(step),
         "wall_time": time.time() if wall_time is None else float(wall_time),
     }
+    scalars = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_scale": loss_scale}
     record.update({k: float(v) for k, v in scalars.items() if v is not None})
     if skipped is not None:
         record["skipped"] = bool(skipped)
