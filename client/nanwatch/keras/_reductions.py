@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import tensorflow as tf
 
@@ -29,6 +29,8 @@ from nanwatch.keras import _activations, _norms
 __all__ = [
     "Activations", "GradStats", "Observed", "Plan", "StepInputs", "finish", "gradient_stats", "measure", "read",
 ]  # fmt: skip
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,13 @@ def read(inputs: StepInputs, detail: Any = True, *, safe: bool = True) -> dict[s
     if inputs.scale is not None:
         raw["scale"] = tf.cast(inputs.scale, tf.float32)
     if new:
-        if not safe:
-            raw["weights"] = _when_parts(detail, lambda: _norms.quick_parts(new), len(new))
-        else:
-            raw["weights"] = _when_parts(detail, lambda: _weight_parts(new), len(new))
-    if new and inputs.old is not None:
-        raw["delta_s"] = _when(detail, lambda: _update_squares(new, inputs.old or ()), len(new))
+        # zeros on the other steps of an in-graph counter: a non-finite weight shows in the next forward
+        # pass's activations and gradients, which every step measures
+        zeros = tf.zeros([len(new)])
+        weight_parts = _weight_parts if safe else _norms.quick_parts
+        raw["weights"] = _when(detail, lambda: weight_parts(new), lambda: (zeros, zeros))
+        if inputs.old is not None:
+            raw["delta_s"] = _when(detail, lambda: _update_squares(new, inputs.old or ()), lambda: zeros)
     if inputs.activations is not None:
         raw["acts"] = _activations.columns(inputs.activations.parts)
     return raw
@@ -206,25 +209,16 @@ def _weight_parts(new: Sequence[tf.Tensor]) -> _norms.Parts:
     return tf.cond(_norms.all_finite(quick[1]), lambda: quick, lambda: _norms.safe_parts(new))  # type: ignore[no-any-return]
 
 
-def _when_parts(detail: Any, compute: Callable[[], _norms.Parts], size: int) -> _norms.Parts:
-    """``compute()`` on detail steps, zero parts on the others (a non-finite weight shows in the next
-    forward pass's activations and gradients, which every step measures)."""
-    if detail is True:
-        return compute()
-    zeros = tf.zeros([size])
-    return tf.cond(detail, compute, lambda: (zeros, zeros))  # type: ignore[no-any-return]
-
-
 def _update_squares(new: Sequence[tf.Tensor], old: Sequence[Any]) -> tf.Tensor:
     """``||new - old||^2 / 2`` per weight."""
     return _norms.quick_parts([n - _norms.f32(o) for n, o in zip(new, old, strict=True)])[1]
 
 
-def _when(detail: Any, compute: Callable[[], tf.Tensor], size: int) -> tf.Tensor:
-    """``compute()`` on detail steps, zeros of ``[size]`` on the others."""
+def _when(detail: Any, compute: Callable[[], _T], otherwise: Callable[[], _T]) -> _T:
+    """``compute()`` on detail steps, ``otherwise()`` on the others (``detail``: True or a boolean tensor)."""
     if detail is True:
         return compute()
-    return tf.cond(detail, compute, lambda: tf.zeros([size]))
+    return tf.cond(detail, compute, otherwise)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------- stage 2: finish (small vectors)
