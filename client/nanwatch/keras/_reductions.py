@@ -242,7 +242,7 @@ def finish(plan: Plan, raw: dict[str, Any]) -> tuple[tf.Tensor | None, dict[str,
             fields["grad_mean_abs"] = fields["grad_mean_abs"] * inverse
     if plan.updates:
         ids = _norms.columns(plan.weight_slots, plan.n_layers)
-        parts = (tf.ones_like(raw["delta_s"]), raw["delta_s"])
+        parts = (tf.ones(raw["delta_s"].shape), raw["delta_s"])  # unit scale, static: the short norm path
         fields["update_norm"] = _norms.segment_norms(parts, ids, plan.n_layers + 1)[: plan.n_layers]
     if plan.act_slots:
         fields.update(
