@@ -5,6 +5,7 @@ Every server a test starts is stopped by that test (fixture teardown), even when
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -58,7 +59,13 @@ class Service:
 
 
 class ServiceThread:
-    """The real app on real uvicorn, served from a thread of the test process."""
+    """The real app on real uvicorn, served from a thread of the test process.
+
+    The thread shares the test process's heap and GIL. After TensorFlow tests that heap holds the garbage
+    of many models, and one full garbage collection of it was measured at 14 to 30 s (the collector holds
+    the GIL throughout); run inside a request it stalled the server past the client's 30 s timeout. So the
+    garbage is collected here, on the test's thread, before the server starts.
+    """
 
     def __init__(self, settings: Any, store: Any = None) -> None:
         import uvicorn
@@ -73,6 +80,7 @@ class ServiceThread:
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ServiceThread:
+        gc.collect()
         self.thread.start()
         wait_until(self._started, timeout=90, what="uvicorn to start")
         return self
@@ -86,6 +94,16 @@ class ServiceThread:
         self.server.should_exit = True
         self.thread.join(timeout=15)
         self.sock.close()
+
+
+@pytest.fixture(autouse=True)
+def collect_tensorflow_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a TensorFlow test (marker ``tf``), its garbage is collected on the test's own thread, so a long
+    full collection does not land later inside a server thread's request (see ``ServiceThread``). The Keras
+    tests' ``fresh_keras`` fixture already does it (``clear_session``)."""
+    yield
+    if request.node.get_closest_marker("tf") and "fresh_keras" not in request.fixturenames:
+        gc.collect()
 
 
 @pytest.fixture
