@@ -7,10 +7,12 @@ Every option also reads a ``NANWATCH_*`` environment variable (``--port`` ↔ ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -67,6 +69,10 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     runs.add_argument("--status", choices=("running", "halted", "finished", "stale"))
     runs.add_argument("--team")
     sub.choices["halt"].add_argument("--reason", required=True)
+    demo = sub.add_parser("demo", help="watch a small diverging Keras job being halted (needs TensorFlow)")
+    demo.add_argument("--url", default=environ.get("NANWATCH_URL"), help="a running service (default: start one)")
+    demo.add_argument("--token", default=environ.get("NANWATCH_TOKEN"))
+    demo.set_defaults(func=_demo)
     return parser
 
 
@@ -121,6 +127,43 @@ def _halt(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     state = "queued" if reply["created"] else "already in force"
     print(f"halt {command['id']} for run {args.run_id} {state}: stops at step >= {command['at_step']}")
     return 0
+
+
+def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Train ``nanwatch.keras.demo``'s job watched, print what the service saw, then train it unwatched."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from nanwatch.keras import NanWatchCallback, demo
+    except ImportError:
+        raise CliError("the demo trains a Keras model: pip install 'nanwatch[keras]' (TensorFlow)") from None
+    from nanwatch_service.demo import local_service
+
+    run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    with contextlib.nullcontext(args.url) if args.url else local_service() as url:
+        where = url if args.url else f"{url} (SQLite in a temporary directory)"
+        print(f"nanwatch demo: the service at {where}; run {run_id}")
+        print(f"training {demo.TITLE}: unwatched, its loss is NaN at about step 15\n", flush=True)
+        callback = NanWatchCallback(
+            url, run_id=run_id, token=args.token, halt_on="critical", lockstep=True, flush_interval=0.05,
+            name="nanwatch demo", team="demo",
+        )  # fmt: skip
+        watched = demo.train([callback])
+        service = argparse.Namespace(url=url, token=args.token, json=False, run_id=run_id)
+        history = _request(service, "GET", f"/v1/runs/{_quote(run_id)}/steps?fields=loss,grad_norm")
+        rows = [(str(r["step"]), _show(r["loss"]), _show(r["grad_norm"])) for r in history["steps"]]
+        _table(("STEP", "LOSS", "GRAD_NORM"), rows)
+        print(f"\nfindings (nanwatch events {run_id}):")
+        _events(service, environ)
+    baseline = demo.train_with_terminate_on_nan()
+    halt = callback.halted
+    stop = f"halted at step {halt.step} ({halt.source}, the finding above)" if halt else "not halted"
+    print(f"\nwith nanwatch:       {stop}, {watched.steps_run} steps run; weights {_finite(watched.weights_finite)}")
+    print(f"with TerminateOnNaN: stopped after {baseline.steps_run} steps; weights {_finite(baseline.weights_finite)}")
+    return 0
+
+
+def _finite(finite: bool) -> str:
+    return "all finite" if finite else "NOT finite (NaN/Inf): the model is lost"
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:

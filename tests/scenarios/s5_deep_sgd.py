@@ -20,30 +20,16 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
 
+from nanwatch.keras.demo import BATCH, LEARNING_RATE, deep_sgd_data, deep_sgd_model
 from tests.scenarios._base import Scenario, compile_scenario
-
-SEED = 0
-ROWS, FEATURES, DEPTH, WIDTH, BATCH = 2048, 20, 8, 128, 32
-INPUT_SCALE, TARGET_SCALE = 3.0, 5.0
-
-
-def _data() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(SEED)
-    x = rng.standard_normal((ROWS, FEATURES), dtype=np.float32) * INPUT_SCALE
-    teacher = rng.standard_normal((FEATURES, 1)).astype(np.float32)
-    y = TARGET_SCALE * (x @ teacher) / np.float32(np.sqrt(FEATURES))
-    return x, y.astype(np.float32)
 
 
 def build_deep_sgd() -> tuple[keras.Model, dict[str, Any]]:
-    """8×128 ReLU + linear output, SGD 0.01, mse on targets ×5 (inputs ×3)."""
-    keras.utils.set_random_seed(SEED)
-    hidden = [keras.layers.Dense(WIDTH, activation="relu", name=f"hidden_{i}") for i in range(1, DEPTH + 1)]
-    model = keras.Sequential([keras.Input(shape=(FEATURES,)), *hidden, keras.layers.Dense(1, name="output")])
-    compile_scenario(model, keras.optimizers.SGD(0.01), keras.losses.MeanSquaredError())
-    x, y = _data()
+    """8×128 ReLU + linear output, SGD 0.01, mse on targets ×5 (inputs ×3): the job of ``nanwatch demo``."""
+    model = deep_sgd_model()
+    compile_scenario(model, keras.optimizers.SGD(LEARNING_RATE), keras.losses.MeanSquaredError())
+    x, y = deep_sgd_data()
     return model, {"x": x, "y": y, "batch_size": BATCH, "epochs": 1, "shuffle": False, "verbose": 0}
 
 
