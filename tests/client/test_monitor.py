@@ -332,6 +332,8 @@ def test_log_step_does_not_wait_for_a_request_in_flight(
             connection.recv(1)  # the client has not given up either: the request is still in flight
         monitor.close(timeout=0.2)
     assert halts == [None] * 1999
+    monitor._thread.join(10)  # the connection is closed now: the sender's request fails and it stops
+    assert not monitor._thread.is_alive()
 
 
 # ---------------------------------------------------------------------- halts
