@@ -44,6 +44,8 @@ ATTEMPT_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 HALT_POLICIES: Final = ("critical", "warning", "never")
 DTYPE_POLICIES: Final = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16", "float64")
+LAYER_DTYPES: Final = ("float16", "bfloat16", "float32", "float64")
+"""A layer's compute dtype (optional in the layer table; the Keras callback sends it)."""
 
 SCALAR_FIELDS: Final = ("wall_time", "loss", "lr", "grad_norm", "loss_scale")
 """Optional float scalars of a step record (``step`` is a required int, ``skipped`` an optional bool)."""
@@ -222,7 +224,7 @@ def check_run_id(run_id: str) -> str:
 _RUN_KEYS: Final = frozenset(
     {"protocol", "name", "team", "framework", "dtype_policy", "layers", "halt_on", "stable_loss", "meta"}
 )
-_LAYER_KEYS: Final = frozenset({"name", "kind", "activation", "params"})
+_LAYER_KEYS: Final = frozenset({"name", "kind", "activation", "params", "dtype"})
 _BATCH_KEYS: Final = frozenset({"protocol", "attempt", "records", "acks", "dropped", "final"})
 _RECORD_KEYS: Final = frozenset({"step", "skipped", "layers", *SCALAR_FIELDS})
 _ACK_KEYS: Final = frozenset({"id", "step"})
@@ -261,12 +263,15 @@ def _decode_layer(obj: Any, field: str) -> dict[str, Any]:
     _no_unknown(obj, field, _LAYER_KEYS)
     if "name" not in obj:
         raise ProtocolError(f"{field}.name", "required")
-    return {
+    row = {
         "name": _str(obj["name"], f"{field}.name"),
         "kind": _str(obj.get("kind") or "Layer", f"{field}.kind"),
         "activation": None if obj.get("activation") is None else _str(obj["activation"], f"{field}.activation"),
         "params": _int(obj.get("params", 0), f"{field}.params", minimum=0),
     }
+    if obj.get("dtype") is not None:  # kept only when sent: tables from older clients stay as they were
+        row["dtype"] = _choice(obj["dtype"], f"{field}.dtype", LAYER_DTYPES)
+    return row
 
 
 def decode_batch(obj: Any, n_layers: int | None = None) -> dict[str, Any]:

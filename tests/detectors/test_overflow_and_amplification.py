@@ -19,6 +19,19 @@ def test_mixed_float16_activation_within_100x_of_65504_warns_and_names_the_layer
     assert "float32" in finding.remedy
 
 
+def test_a_layers_own_dtype_sets_its_limit_under_a_mixed_policy() -> None:
+    # Without dtypes the last layer is taken to compute in float32 (Keras' advice); a table that says
+    # otherwise is believed, both ways.
+    declared = relu_mlp(3)
+    declared[-1]["dtype"] = "float16"  # the output layer left in float16: 1000 is near its limit
+    declared[2]["dtype"] = "float32"  # dense_1 computed in float32: 40000 is nowhere near it
+    for layers, expected in ((relu_mlp(3), {"dense_1", "dense_2"}), (declared, {"dense_2", "out"})):
+        run = Run(layers, dtype_policy="mixed_float16")
+        record = run.record(0, layers={"act_max_abs": {"dense_1": 40000.0, "dense_2": 1000.0, "out": 1000.0}})
+        found = of(Pipeline(run.spec).process([record]), "overflow_headroom")
+        assert {f.layer for f in found} == expected
+
+
 def test_activation_just_inside_the_float16_headroom_is_quiet() -> None:
     run = Run(relu_mlp(3), dtype_policy="mixed_float16")
     record = run.record(0, layers={"act_max_abs": {"dense_2": 600.0}})

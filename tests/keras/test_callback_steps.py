@@ -148,6 +148,7 @@ def test_mixed_float16_reports_unscaled_norms_and_the_loss_scale(recorder: Recor
 
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert fitted.run["dtype_policy"] == "mixed_float16"
+    assert [layer["dtype"] for layer in fitted.run["layers"]] == ["float16"] * len(fitted.run["layers"])
     assert all("act_max_abs" in r["layers"] for r in fitted.records)  # float16 headroom: every step
     first = fitted.records[0]
     assert first["loss_scale"] == 2.0**15 and first["skipped"] is False

@@ -100,3 +100,18 @@ def test_a_custom_training_loop_gets_the_callback_statistics() -> None:
     assert 0.0 < stats["layers"]["act_frac_zero"][0] < 1.0 and relu.shape == (16, 16)
     assert stats["layers"]["in_max_abs"][0] == pytest.approx(float(np.abs(x).max()))
     assert all(v > 0 for v in stats["layers"]["update_norm"])
+
+
+def test_the_layer_table_carries_each_layers_compute_dtype() -> None:
+    keras.config.set_dtype_policy("mixed_float16")  # fresh_keras restores the policy
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, activation="relu", name="hidden"),
+        keras.layers.Dense(2, name="logits"),
+        keras.layers.Activation("softmax", dtype="float32", name="probs"),  # Keras' advice for the output
+    ])  # fmt: skip
+    assert [(row["name"], row["dtype"]) for row in layer_table(model)] == [
+        ("hidden", "float16"),
+        ("logits", "float16"),
+        ("probs", "float32"),
+    ]

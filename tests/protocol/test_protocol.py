@@ -90,6 +90,16 @@ def test_run_registration_round_trips(fields: dict[str, str], halt_on: str, dtyp
         assert {k: decoded[k] for k in run} == run
 
 
+def test_a_layer_dtype_is_kept_when_sent_and_refused_by_name_when_not_a_float_dtype() -> None:
+    layers = [{"name": "a", "dtype": "float16"}, {"name": "b"}]
+    decoded = protocol.decode_run({"name": "r", "layers": layers})["layers"]
+    assert decoded[0]["dtype"] == "float16" and "dtype" not in decoded[1]  # absent stays absent
+    for bad in ("int8", 16, ""):
+        with pytest.raises(protocol.ProtocolError) as caught:
+            protocol.decode_run({"name": "r", "layers": [{"name": "a"}, {"name": "b", "dtype": bad}]})
+        assert caught.value.field == "layers[1].dtype"
+
+
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_a_registration_flag_that_is_not_a_boolean_is_refused_by_name(value: Any) -> None:
     assert protocol.decode_run({"name": "r"})["stable_loss"] is False  # absent: not stable

@@ -118,6 +118,7 @@ def test_run_ids_outside_the_pattern_are_422(service: Service, run_id: str) -> N
         ({"dtype_policy": "float8"}, "dtype_policy"),
         ({"layers": [{"kind": "Dense"}]}, "layers[0].name"),
         ({"layers": [{"name": "d", "params": -1}]}, "layers[0].params"),
+        ({"layers": [{"name": "d", "dtype": "int8"}]}, "layers[0].dtype"),
         ({"team": 7}, "team"),
     ],
 )

@@ -7,6 +7,8 @@ from typing import Any, Final
 
 import keras
 
+from nanwatch import protocol
+
 # Output ranges of the bounded activations whose saturation is measured (act_frac_saturated).
 BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "sigmoid": (0.0, 1.0),
@@ -70,7 +72,8 @@ def activation_name(layer: keras.Layer) -> str | None:
 
 
 def table(layers: Sequence[keras.Layer], variables: Sequence[Any]) -> list[dict[str, Any]]:
-    """The protocol's layer table for ``layers`` (in that order): name, kind, activation, params.
+    """The protocol's layer table for ``layers`` (in that order): name, kind, activation, params and the
+    compute dtype (``float16`` for most layers under ``mixed_float16``, ``float32`` where a layer sets it).
 
     ``params`` counts the trainable parameters each layer owns (see :func:`owners`); names that repeat
     (two nested models both holding a ``dense``) get a ``#2`` suffix so every row is distinct.
@@ -85,8 +88,11 @@ def table(layers: Sequence[keras.Layer], variables: Sequence[Any]) -> list[dict[
         while name in names:
             name, k = f"{layer.name}#{k}", k + 1
         names.add(name)
-        rows.append({"name": name, "kind": type(layer).__name__, "activation": activation_name(layer),
-                     "params": count})  # fmt: skip
+        row = {"name": name, "kind": type(layer).__name__, "activation": activation_name(layer), "params": count}
+        dtype = str(getattr(layer, "compute_dtype", "") or "")
+        if dtype in protocol.LAYER_DTYPES:
+            row["dtype"] = dtype
+        rows.append(row)
     return rows
 
 

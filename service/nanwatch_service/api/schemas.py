@@ -38,6 +38,11 @@ RUN_BODY: dict[str, Any] = {
                     "kind": {"type": "string"},
                     "activation": {"type": ["string", "null"]},
                     "params": {"type": "integer", "minimum": 0},
+                    "dtype": {
+                        "enum": list(protocol.LAYER_DTYPES),
+                        "description": "the layer's compute dtype; without it, under a mixed policy the last "
+                        "layer is taken to compute in float32 and the others in the half type",
+                    },
                 },
             },
         },

@@ -74,10 +74,11 @@ class RunInfo:
         self.dtype_policy = str(run.get("dtype_policy") or "float32")
         self.stable_loss = bool(run.get("stable_loss"))  # probabilities at exactly 0 or 1 cannot break it
         self.act_dtype, self.var_dtype = POLICY_DTYPES.get(self.dtype_policy, ("float32", "float32"))
-        # Under a mixed policy the output layer computes in float32, as Keras recommends (the layer table
-        # carries no per-layer dtype).
+        # Each layer's own compute dtype when the table carries it (the Keras callback sends it); else, under
+        # a mixed policy, the output layer is taken to compute in float32, as Keras recommends.
         self.act_dtypes = tuple(
-            self.var_dtype if self.mixed and i == len(layers) - 1 else self.act_dtype for i in range(len(layers))
+            str(layer.get("dtype") or (self.var_dtype if self.mixed and i == len(layers) - 1 else self.act_dtype))
+            for i, layer in enumerate(layers)
         )
         self.act_limits = np.array([DTYPE_MAX[dtype] for dtype in self.act_dtypes])
         self.relu = self.mask(RELU_ACTIVATIONS)
