@@ -135,6 +135,16 @@ def test_forward_overflow_is_critical_even_on_a_skipped_step() -> None:
     assert finding.layer == "dense_2"
 
 
+def test_the_overflow_remedy_names_the_dtype_the_layer_computes_in() -> None:
+    layers = relu_mlp(3)
+    layers[2]["dtype"] = "float32"  # dense_1 computes in float32 under the mixed policy
+    run = Run(layers, dtype_policy="mixed_float16")
+    for name, dtype in (("dense_1", "float32"), ("dense_2", "float16")):
+        record = run.record(0, loss=INF, layers={"act_max_abs": {name: INF}})
+        [finding] = of(Pipeline(run.spec).process([record]), "nonfinite")
+        assert finding.layer == name and f"overflowed {dtype}" in finding.remedy, finding.remedy
+
+
 def test_gradient_arrays_of_layers_without_weights_are_ignored() -> None:
     run = Run(relu_mlp(3))
     record = run.record(0, layers={f: {"dropout": NAN} for f in ("grad_norm", "grad_mean_abs", "weight_norm")})

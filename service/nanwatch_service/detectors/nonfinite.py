@@ -168,7 +168,7 @@ def _activation_origin(view: BatchView, i: int, layer: int) -> tuple[str, str, s
     detail = "(Inf from finite inputs)" if infinite else "(NaN from finite inputs)"
     if run.is_custom(layer):
         return "activations", detail, _EPSILON.format(name=name)
-    return "activations", detail, _OVERFLOW.format(dtype=run.act_dtype, name=name)
+    return "activations", detail, _OVERFLOW.format(dtype=run.act_dtypes[layer], name=name)
 
 
 def _loss_remedy(view: BatchView, i: int) -> str:
