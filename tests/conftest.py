@@ -5,13 +5,13 @@ Every server a test starts is stopped by that test (fixture teardown), even when
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,7 +59,7 @@ class Service:
 
 
 class ServiceThread:
-    """The real app on real uvicorn, served from a thread of the test process.
+    """The real app on real uvicorn, served from a thread of the test process (``serve_in_thread``).
 
     The thread shares the test process's heap and GIL. After TensorFlow tests that heap holds the garbage
     of many models, and one full garbage collection of it was measured at 14 to 30 s (the collector holds
@@ -68,32 +68,21 @@ class ServiceThread:
     """
 
     def __init__(self, settings: Any, store: Any = None) -> None:
-        import uvicorn
-
         from nanwatch_service.app import create_app
 
-        self.sock = free_socket()
-        port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(create_app(settings, store=store), log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.app = create_app(settings, store=store)
+        self.url = ""
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> ServiceThread:
+        from nanwatch_service.local import serve_in_thread
+
         gc.collect()
-        self.thread.start()
-        wait_until(self._started, timeout=90, what="uvicorn to start")
+        self.url = self._stack.enter_context(serve_in_thread(self.app, start_timeout=90, stop_timeout=15))
         return self
 
-    def _started(self) -> bool:
-        if not self.thread.is_alive() and not self.server.started:
-            raise AssertionError("uvicorn stopped before it started serving; see the captured log")
-        return bool(self.server.started)
-
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        self.sock.close()
+        self._stack.close()
 
 
 @pytest.fixture(autouse=True)

@@ -136,7 +136,7 @@ def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         from nanwatch.keras import NanWatchCallback, demo
     except ImportError:
         raise CliError("the demo trains a Keras model: pip install 'nanwatch[keras]' (TensorFlow)") from None
-    from nanwatch_service.demo import local_service
+    from nanwatch_service.local import local_service
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with contextlib.nullcontext(args.url) if args.url else local_service() as url:
