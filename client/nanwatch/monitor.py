@@ -228,11 +228,11 @@ class Monitor:
         A Halt is returned once, at the step it takes effect; ``halted`` keeps the first one. Each service
         command yields its own Halt; the local non-finite check fires only while nothing has halted yet.
         """
-        scalars = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_scale": loss_scale}
-        record = _make_record(step, wall_time, skipped=skipped, layers=layers, **scalars)
-        with self._cond:
-            self._append(record)
-            halt = self._due_command(record["step"])
+        record = _make_record(
+            step, wall_time, loss=loss, lr=lr, grad_norm=grad_norm, loss_scale=loss_scale, skipped=skipped,
+            layers=layers,
+        )  # fmt: skip
+        halt = self._queue(record, record["step"])
         if halt is None and self.halted is None and self.halt_on != "never":
             halt = self._local_halt(record)
         if halt is not None:
@@ -250,12 +250,8 @@ class Monitor:
         values**: send a step whose loss or gradient norm may not be finite through ``log_step``. A
         ``build`` that raises costs its record (logged once, counted in ``dropped``).
         """
-        if int(step) < 0:
-            raise protocol.ProtocolError("step", f"must be >= 0, got {step}")
-        later = _Later(int(step), time.time() if wall_time is None else float(wall_time), build)
-        with self._cond:
-            self._append(later)
-            halt = self._due_command(later.step)
+        later = _Later(*_step_and_time(step, wall_time), build)
+        halt = self._queue(later, later.step)
         if halt is not None:
             self._halt(halt)
         return halt
@@ -350,6 +346,12 @@ class Monitor:
         self._delivered_step = -1  # the highest step the service has acknowledged
 
     # ------------------------------------------------------------------ training thread
+
+    def _queue(self, record: dict[str, Any] | _Later, step: int) -> Halt | None:
+        """Buffer ``record``; return the service's halt due at ``step``, if any."""
+        with self._cond:
+            self._append(record)
+            return self._due_command(step)
 
     def _append(self, record: dict[str, Any] | _Later) -> None:
         if self._closing:
@@ -661,12 +663,8 @@ def _make_record(
     layers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of ``log_step``'s arguments (ProtocolError for a bad value, TypeError for an unknown one)."""
-    if int(step) < 0:
-        raise protocol.ProtocolError("step", f"must be >= 0, got {step}")
-    record: dict[str, Any] = {
-        "step": int(step),
-        "wall_time": time.time() if wall_time is None else float(wall_time),
-    }
+    step, wall_time = _step_and_time(step, wall_time)
+    record: dict[str, Any] = {"step": step, "wall_time": wall_time}
     scalars = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_scale": loss_scale}
     record.update({k: float(v) for k, v in scalars.items() if v is not None})
     if skipped is not None:
@@ -676,6 +674,13 @@ def _make_record(
             _layer_field(k): np.asarray(v, dtype=np.float64).ravel().tolist() for k, v in layers.items()
         }
     return record
+
+
+def _step_and_time(step: int, wall_time: float | None) -> tuple[int, float]:
+    """A record's step (ProtocolError when negative) and wall time (now, when not given)."""
+    if int(step) < 0:
+        raise protocol.ProtocolError("step", f"must be >= 0, got {step}")
+    return int(step), time.time() if wall_time is None else float(wall_time)
 
 
 def _layer_field(name: str) -> str:
