@@ -1,4 +1,4 @@
-"""The statistics themselves, through the custom-loop helpers: scale safety, NaN masking, the layer table."""
+"""The statistics themselves, mostly through the custom-loop helpers: scale safety, NaN masking, the layer table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nanwatch.keras import capture_activations, layer_table, step_statistics
+from nanwatch.keras import _activations, capture_activations, layer_table, step_statistics
 from tests.keras import models
 
 pytestmark = pytest.mark.tf
@@ -76,6 +76,23 @@ def test_zero_variance_rows_and_constant_layers() -> None:
     assert layer["act_frac_zero_var"] == [0.5]
     constant = _numpy(step_statistics(model, [None, None], activations={"gate": tf.fill([4, 3], 0.1)}))
     assert constant["layers"]["act_std"] == [0.0]  # exactly, not a rounding residue
+
+
+@pytest.mark.parametrize("shape", [(6,), (6, 1), (6, 5), (6, 3, 2, 2)])
+def test_row_extremes_give_the_same_max_and_min_and_count_constant_rows(shape: tuple[int, ...]) -> None:
+    x = np.random.default_rng(1).normal(size=shape).astype("float32")
+    x[1] = 0.25  # a constant row
+    if len(shape) > 1:
+        x[4] = 0.0
+    inputs = [tf.constant([[-3.0, 2.0]])]
+
+    whole = _activations.quick(tf.constant(x), inputs).numpy()
+    by_rows = _activations.quick(tf.constant(x), inputs, rows=True).numpy()
+
+    np.testing.assert_array_equal(by_rows[:4], whole)  # max, min, sum, max |input|: the same numbers
+    rows = x.reshape(shape[0], -1)
+    constant = float(np.sum(rows.max(axis=1) == rows.min(axis=1))) if rows.shape[1] > 1 else 0.0
+    assert by_rows[4] == constant == (2.0 if rows.shape[1] > 1 else 0.0)
 
 
 def test_a_custom_training_loop_gets_the_callback_statistics() -> None:

@@ -7,7 +7,8 @@ layers (on CPU each TensorFlow op and each ``tf.cond`` costs microseconds howeve
   (NaN or Inf anywhere in it shows there) and, where max and min are wanted on every step (float16 and
   bfloat16 runs, whose headroom is small, or no stride), ``max``, ``min`` and the max |x| of the inputs
   no watched layer produced. Elsewhere those three come with the detail statistics and on every step
-  that holds a non-finite value.
+  that holds a non-finite value. On a detail step max and min come from each row's max and min, which
+  also count the zero-variance rows.
 - :func:`parts`, once for all layers at the end of the forward pass. On a detail step it derives
   ``act_max_abs``, ``act_mean`` and ``act_frac_nonfinite`` (0) from the quick values and adds ``act_std``,
   ``act_frac_zero``, ``act_frac_saturated`` and ``act_frac_zero_var`` from the detail reductions of each
@@ -49,14 +50,26 @@ Parts = dict[str, tf.Tensor]
 Bounds = tuple[float, float] | None
 
 
-def quick(output: Any, inputs: Sequence[Any], tops: bool = True) -> tf.Tensor:
+def quick(output: Any, inputs: Sequence[Any], tops: bool = True, rows: bool = False) -> tf.Tensor:
     """``max``, ``min``, ``sum`` of ``output`` and max |x| of ``inputs`` (the layer inputs that no watched
-    layer produced), as one vector in ``QUICK`` order; without ``tops`` only the ``sum``."""
+    layer produced), as one vector in ``QUICK`` order; without ``tops`` only the ``sum``. ``rows`` (with
+    ``tops``): max and min are taken per row first and one more value follows, the number of rows whose
+    values are all equal (``act_frac_zero_var``'s count, which needs the row extremes anyway): two
+    passes over the output instead of four on a detail step.
+    """
     x = f32(output)
     if not tops:
         return tf.reshape(tf.reduce_sum(x), [1])
     maxima = [tf.maximum(tf.abs(tf.reduce_max(t)), tf.abs(tf.reduce_min(t))) for t in (f32(t) for t in inputs)]
-    return tf.stack([tf.reduce_max(x), tf.reduce_min(x), tf.reduce_sum(x), _top_of(maxima)])
+    table = _rows(x) if rows else None
+    if table is None:
+        top, bottom = tf.reduce_max(x), tf.reduce_min(x)
+        extra = [tf.constant(0.0)] if rows else []
+    else:
+        row_top, row_bottom = tf.reduce_max(table, 1), tf.reduce_min(table, 1)
+        top, bottom = tf.reduce_max(row_top), tf.reduce_min(row_bottom)
+        extra = [tf.reduce_sum(tf.cast(tf.equal(row_top, row_bottom), tf.float32))]
+    return tf.stack([top, bottom, tf.reduce_sum(x), _top_of(maxima), *extra])
 
 
 def parts(
@@ -75,7 +88,8 @@ def parts(
     """
     xs, owns = [f32(x) for x in outputs], [[f32(t) for t in ts] for ts in inputs]
     q = tf.stack(quicks)
-    tops = q.shape[-1] == len(QUICK)
+    tops = q.shape[-1] >= len(QUICK)
+    counted = q.shape[-1] > len(QUICK)  # the quick vectors carry the zero-variance row counts
     n = len(xs)
     sizes = tf.stack([tf.cast(tf.size(x), tf.float32) for x in xs])
     rows = tf.stack([tf.cast(tf.shape(x)[0], tf.float32) if x.shape.rank else tf.constant(1.0) for x in xs])
@@ -85,7 +99,10 @@ def parts(
         return q if tops else tf.stack([quick(x, own) for x, own in zip(xs, owns, strict=True)])
 
     def details() -> tf.Tensor:
-        return tf.stack([_vector_of(_quick_detail(x, b), _DETAIL_PARTS) for x, b in zip(xs, bounds, strict=True)])
+        counts = tf.unstack(q[:, len(QUICK)]) if counted else [None] * n
+        return tf.stack(
+            [_vector_of(_quick_detail(x, b, c), _DETAIL_PARTS) for x, b, c in zip(xs, bounds, counts, strict=True)]
+        )
 
     def masked() -> tf.Tensor:
         fine = tf.concat([_from_quick(full(), sizes), details()], 1)
@@ -142,10 +159,10 @@ def _vector_of(parts: Parts, keys: Sequence[str]) -> tf.Tensor:
     return tf.stack([parts[k] for k in keys])
 
 
-def _quick_detail(x: tf.Tensor, bounds: Bounds) -> Parts:
+def _quick_detail(x: tf.Tensor, bounds: Bounds, zero_var: tf.Tensor | None = None) -> Parts:
     return {
         "s2": 2.0 * tf.nn.l2_loss(x),
-        "zero_var": _zero_var_rows(x, masked=False),
+        "zero_var": _zero_var_rows(x, masked=False) if zero_var is None else zero_var,
         "nonzero": _nonzero(x),
         "saturated": _saturated(x, bounds),
     }
@@ -184,14 +201,21 @@ def _top_of(tops: Sequence[tf.Tensor]) -> tf.Tensor:
 
 def _zero_var_rows(x: tf.Tensor, masked: bool) -> tf.Tensor:
     """Rows (samples) whose values are all equal; 0.0 when a row holds a single value."""
-    if x.shape.rank is None or x.shape.rank < 2 or x.shape[1:].num_elements() == 1:
+    rows = _rows(x)
+    if rows is None:
         return tf.constant(0.0)
-    rows = tf.reshape(x, [tf.shape(x)[0], -1])
     top, bottom = rows, rows
     if masked:  # a row holding NaN has no variance to speak of: never counted
         nan = tf.math.is_nan(rows)
         top, bottom = tf.where(nan, INF, rows), tf.where(nan, -INF, rows)
     return tf.reduce_sum(tf.cast(tf.equal(tf.reduce_max(top, 1), tf.reduce_min(bottom, 1)), tf.float32))
+
+
+def _rows(x: tf.Tensor) -> tf.Tensor | None:
+    """``x`` as a ``[samples, values]`` matrix; None when a sample has fewer than two values."""
+    if x.shape.rank is None or x.shape.rank < 2 or x.shape[1:].num_elements() == 1:
+        return None
+    return tf.reshape(x, [tf.shape(x)[0], -1])
 
 
 def _max_abs(x: tf.Tensor) -> tf.Tensor:

@@ -172,8 +172,9 @@ class Instrumentation:
         inputs = [t for t in tf.nest.flatten(args) if isinstance(t, tf.Tensor) and trace.owns(t)]
         sources = tuple(trace.producers[id(t)] for t in inputs if id(t) in trace.producers)
         own = [t for t in inputs if id(t) not in trace.producers]
-        tops = self.tops or trace.detail is True  # a detail step takes max and min anyway: here, not twice
-        trace.pending.append(_reductions.Observed.of(slot, output, own, self._bounds[id(layer)], sources, tops))
+        detail = trace.detail is True
+        tops = self.tops or detail  # a detail step takes max and min anyway: here, not twice
+        trace.pending.append(_reductions.Observed.of(slot, output, own, self._bounds[id(layer)], sources, tops, detail))
         trace.seen.add(slot)
         trace.producers[id(output)] = slot
 

@@ -50,8 +50,9 @@ class Observed:
 
     @classmethod
     def of(cls, slot: int, output: Any, inputs: Sequence[Any], bounds: _activations.Bounds,
-           sources: Sequence[int] = (), tops: bool = True) -> Observed:  # fmt: skip
-        quick = _activations.quick(output, inputs, tops)
+           sources: Sequence[int] = (), tops: bool = True, rows: bool = True) -> Observed:  # fmt: skip
+        """``tops``, ``rows``: see ``_activations.quick`` (``rows`` only where the details are measured)."""
+        quick = _activations.quick(output, inputs, tops, rows)
         return cls(slot, output, tuple(inputs), bounds, quick, tuple(sources))
 
 
@@ -78,7 +79,7 @@ def measure(observed: Sequence[Observed], detail: Any = True) -> Activations | N
         [o.output for o in observed], [o.inputs for o in observed], [o.bounds for o in observed],
         [o.quick for o in observed], detail,
     )  # fmt: skip
-    tops = all(o.quick.shape[-1] == len(_activations.QUICK) for o in observed)
+    tops = all(o.quick.shape[-1] >= len(_activations.QUICK) for o in observed)
     fields = _activations.measured_fields(detail, tops)
     return Activations(tuple(o.slot for o in observed), tuple(o.sources for o in observed), parts, fields)
 
