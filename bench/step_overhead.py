@@ -3,17 +3,19 @@
 ``client_overhead.py`` compares whole ``fit`` runs of separate model copies, as a user would; on a shared
 machine its repetitions swing by ±10 %. This one removes what differs between runs: one model, one
 dataset iterator, and two train functions over the same variables, Keras' own (plain) and the
-instrumented one (NanWatchCallback with defaults, service running, its ``on_train_batch_end`` included),
-called alternately step by step (the order alternates too). Slow spells of the machine then hit both
-alike. Instrumented steps are split by kind: light (every-step statistics) and detail (every
-``activation_stride``-th step). It prints the median step-time ratio of each kind and, from them, the
-mean overhead for a few strides: ``((k - 1) * light + detail) / k``.
+instrumented one (NanWatchCallback with defaults, service running), called alternately step by step
+(the order alternates too), each with the callback hooks ``fit`` runs around it (see ``instrumented``).
+Slow spells of the machine then hit both alike. Instrumented steps are split by kind: light (every-step
+statistics) and detail (every ``activation_stride``-th step). It prints the median step-time ratio of
+each kind and, from them, the mean overhead for a few strides: ``((k - 1) * light + detail) / k``.
 
-    python bench/step_overhead.py [--steps 3000] [--models mlp,cnn] [--inline-records]
+    python bench/step_overhead.py [--steps 3000] [--models mlp,cnn] [--inline-records] [--no-service]
 
-``--inline-records`` adds a third arm, a second instrumented copy of the model whose records are made on
-the training thread (``Monitor.log_step`` with the unpacked vector, as before ``log_step_later``): what
-handing the unpacking to the sender thread saves. Its column is the ratio of its median step to plain.
+``--no-service`` points the callback at a loopback port where nothing listens (issue 3's acceptance 3:
+the sender backs off, and no service process shares the machine). ``--inline-records`` adds a third
+arm, a second instrumented copy of the model whose records are made on the training thread
+(``Monitor.log_step`` with the unpacked vector, as before ``log_step_later``): what handing the
+unpacking to the sender thread saves. Its column is the ratio of its median step to plain.
 
 The private attributes it reads (``_instrumentation``, ``_next_step``) are the callback's internals:
 this is a measuring instrument, not an example.
@@ -22,6 +24,7 @@ this is a measuring instrument, not an example.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -36,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench._service import running_service
+from bench._service import free_port, running_service
 from bench.client_overhead import cnn, mlp
 from nanwatch.keras import NanWatchCallback
 
@@ -44,33 +47,53 @@ STRIDE = 10  # the callback's default
 
 
 def instrumented(build: Any, url: str, name: str, inline: bool = False) -> tuple[Any, Any, Any, Any]:
-    """A fresh model's plain train function, its callback (installed), a dataset iterator and the
-    instrumented train function; ``inline``: the callback's records are made on the training thread."""
+    """A fresh model's plain step, its callback (installed), a dataset iterator and its instrumented step.
+
+    Each step is what ``fit``'s loop does per batch: the batch-begin hooks, the train function, the
+    batch-end hooks, through a ``keras.callbacks.CallbackList`` with ``History`` as ``fit`` builds it
+    (without the callback, Keras dispatches the batch-end hooks on a worker thread, as in a plain
+    ``fit``). ``inline``: the callback's records are made on the training thread.
+    """
     keras.utils.set_random_seed(0)
     model, x, y, batch = build()
     model.fit(x[: 2 * batch], y[: 2 * batch], batch_size=batch, verbose=0)  # build the optimizer
     iterator = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).repeat())
     model.make_train_function(force=True)
-    plain = model.train_function
+    plain = fit_step(model.train_function, keras.callbacks.CallbackList(None, add_history=True, model=model))
+    plain.callbacks.on_train_begin()
     callback = NanWatchCallback(url, run_id=f"step-overhead-{name}", halt_on="never")
-    callback.set_model(model)
-    callback.on_train_begin()  # installs the instrumented train function(s)
     if inline:
         monitor = callback.monitor
         monitor.log_step_later = lambda step, make, **kw: monitor.log_step(step, **make())
+    callbacks = keras.callbacks.CallbackList([callback], add_history=True, model=model)
+    callbacks.on_train_begin()  # installs the instrumented train function(s)
     assert callback._instrumentation is not None and callback._instrumentation.stride == STRIDE
-    return plain, callback, iterator, model.train_function
+    return plain, callback, iterator, fit_step(model.train_function, callbacks)
+
+
+def fit_step(function: Any, callbacks: Any) -> Any:
+    """One step as ``fit`` runs it, with ``callbacks`` (a ``CallbackList``; the step keeps it as
+    ``.callbacks``, whose ``on_train_begin`` and ``on_train_end`` the caller calls)."""
+
+    def step(index: int, iterator: Any) -> None:
+        callbacks.on_train_batch_begin(index)
+        callbacks.on_train_batch_end(index, function(iterator))
+
+    step.callbacks = callbacks  # type: ignore[attr-defined]
+    return step
 
 
 def measure(build: Any, url: str, steps: int, inline: bool) -> dict[str, float]:
     plain, callback, iterator, watched = instrumented(build, url, build.__name__)
     arms = {
-        "plain": lambda step: plain(iterator),
-        "watched": lambda step: callback.on_train_batch_end(step, watched(iterator)),
+        "plain": lambda step: plain(step, iterator),
+        "watched": lambda step: watched(step, iterator),
     }
+    started = [plain, watched]
     if inline:
-        _, other, other_iterator, other_watched = instrumented(build, url, f"{build.__name__}-inline", inline=True)
-        arms["inline"] = lambda step: other.on_train_batch_end(step, other_watched(other_iterator))
+        other_plain, _, other_iterator, other_watched = instrumented(build, url, f"{build.__name__}-inline", True)
+        arms["inline"] = lambda step: other_watched(step, other_iterator)
+        started += [other_plain, other_watched]
     inst = callback._instrumentation
     assert inst is not None
     names = list(arms)
@@ -85,9 +108,8 @@ def measure(build: Any, url: str, steps: int, inline: bool) -> dict[str, float]:
             start = time.perf_counter()
             arms[name](i)
             times[name][i] = time.perf_counter() - start
-    callback.on_train_end()
-    if inline:
-        other.on_train_end()
+    for step in started:
+        step.callbacks.on_train_end()  # restores the models, closes the monitors
     base = float(np.median(times["plain"]))
     result = {
         "plain_ms": 1e3 * base,
@@ -105,6 +127,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--inline-records", action="store_true", help="add the arm that unpacks on the training thread")
+    parser.add_argument("--no-service", action="store_true", help="nothing listens at the callback's URL")
     args = parser.parse_args()
     logging.getLogger("nanwatch").setLevel(logging.ERROR)
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {args.steps} steps of each, interleaved")
@@ -114,7 +137,8 @@ def main() -> None:
         + "".join(f"{'k=' + str(k):>8}" for k in strides)
         + ("   inline median" if args.inline_records else "")
     )
-    with running_service() as url:
+    service = contextlib.nullcontext(f"http://127.0.0.1:{free_port()}") if args.no_service else running_service()
+    with service as url:
         for name in args.models.split(","):
             r = measure({"mlp": mlp, "cnn": cnn}[name], url, args.steps, args.inline_records)
             mean = [((k - 1) * r["light"] + r["detail"]) / k for k in strides]
