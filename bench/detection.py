@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # the scenarios' recorded numerics on any CPU (tests/conftest.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._service import running_service

@@ -23,6 +23,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The same float numerics on every CPU. On CPUs with AVX-512 VNNI/BF16 TensorFlow turns oneDNN on by default
+# and oneDNN picks its kernels by instruction set at run time, so a scenario's chaotic divergence turns
+# non-finite at another step (on an AMD EPYC with them, S6 stays finite past its recorded step 87 and S5's
+# step 15 reads +Inf instead of NaN); TensorFlow's own kernels give the recorded numbers everywhere. Set
+# before anything imports TensorFlow; the subprocesses the tests start inherit it.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 
 def free_socket() -> socket.socket:
     """A listening-ready socket bound to a free loopback port."""

@@ -2,7 +2,10 @@
 
 Each scenario is a few seconds of real TF training on the CPU, with `keras.utils.set_random_seed` and numpy
 Generator data, `shuffle=False`. `expected_first_nonfinite` was measured unmonitored on TF 2.21 / Keras
-3.15 CPU and is checked by `test_scenarios.py`; other hardware or TF versions may move it a step or two.
+3.15 CPU with TensorFlow's own kernels and is checked by `test_scenarios.py`. The test suite turns oneDNN
+off (`TF_ENABLE_ONEDNN_OPTS=0`, `tests/conftest.py`), which TensorFlow turns on by default on CPUs with
+AVX-512 VNNI/BF16: its kernels, chosen by instruction set at run time, move the step (S6 stays finite
+past step 87 on such an AMD EPYC). Other TF versions may move it a step or two.
 
 | name | what happens |
 |---|---|
