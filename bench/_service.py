@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from nanwatch_service.local import loopback_socket
+
 
 def free_port() -> int:
     """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+    with loopback_socket() as sock:
         return int(sock.getsockname()[1])
 
 

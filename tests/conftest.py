@@ -9,7 +9,6 @@ import contextlib
 import gc
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,17 +30,12 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
-def free_socket() -> socket.socket:
-    """A listening-ready socket bound to a free loopback port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 def free_port() -> int:
-    """A loopback port that was free a moment ago (for subprocesses that bind it themselves)."""
-    with free_socket() as sock:
+    """A loopback port that was free a moment ago (for subprocesses that bind it themselves, and for
+    clients that must find nothing listening there)."""
+    from nanwatch_service.local import loopback_socket
+
+    with loopback_socket() as sock:
         return int(sock.getsockname()[1])
 
 

@@ -21,9 +21,7 @@ def serve_in_thread(app: Any, start_timeout: float = 60.0, stop_timeout: float =
     """Serve ``app`` on real uvicorn in a daemon thread; yield its URL once it serves, stop it afterwards."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = loopback_socket()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="nanwatch-service", daemon=True)
     thread.start()
@@ -40,6 +38,14 @@ def serve_in_thread(app: Any, start_timeout: float = 60.0, stop_timeout: float =
         server.should_exit = True
         thread.join(timeout=stop_timeout)
         sock.close()
+
+
+def loopback_socket() -> socket.socket:
+    """A socket bound to a free 127.0.0.1 port (``SO_REUSEADDR``), ready to listen or to be closed."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @contextlib.contextmanager

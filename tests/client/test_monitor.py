@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from nanwatch import Halt, Monitor, ProtocolError, protocol
+from tests.conftest import free_port
 
 if TYPE_CHECKING:
     from tests.client.conftest import FakeService, LogCapture
@@ -36,13 +37,6 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on: connecting to it is refused."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def step_until(
