@@ -9,7 +9,6 @@ benchmark on a noisy machine.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -47,7 +46,7 @@ def _ops(graph: Any) -> Counter[str]:
 
 
 @pytest.fixture
-def plain_ops() -> Iterator[Counter[str]]:
+def plain_ops() -> Counter[str]:
     """The op counts of Keras' own training step for the model (no callback)."""
     model = _relu_mlp()
     graphs: list[Any] = []
@@ -62,7 +61,7 @@ def plain_ops() -> Iterator[Counter[str]]:
     x, y = np.zeros((16, 8), "float32"), np.zeros((16, 1), "float32")
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert graphs
-    yield _ops(graphs[-1])
+    return _ops(graphs[-1])
 
 
 def test_a_light_step_adds_one_reduction_per_gradient_and_output_and_no_control_flow(
