@@ -46,6 +46,20 @@ class Subclassed(keras.Model):
         return self.head(self.squash(self.hidden(x)))
 
 
+class HalfLog(keras.layers.Layer):
+    """Passes column 0 through and takes the log of column 1: NaN there for a negative input."""
+
+    def call(self, inputs: Any) -> Any:
+        return keras.ops.concatenate([inputs[:, :1], keras.ops.log(inputs[:, 1:2])], axis=1)
+
+
+class FirstColumn(keras.layers.Layer):
+    """Column 0 only: drops whatever HalfLog made of column 1."""
+
+    def call(self, inputs: Any) -> Any:
+        return inputs[:, :1]
+
+
 BUILDERS = {"sequential": sequential, "functional": functional, "subclassed": Subclassed}
 
 

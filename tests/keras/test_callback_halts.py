@@ -29,18 +29,6 @@ class MyCustomLayer(keras.layers.Layer):
         return inputs / variance[:, None]
 
 
-class HalfLog(keras.layers.Layer):
-    """Passes column 0 through and takes the log of column 1: NaN there for a negative input."""
-
-    def call(self, inputs: Any) -> Any:
-        return keras.ops.concatenate([inputs[:, :1], keras.ops.log(inputs[:, 1:2])], axis=1)
-
-
-class FirstColumn(keras.layers.Layer):
-    def call(self, inputs: Any) -> Any:
-        return inputs[:, :1]
-
-
 def test_seed_zero_variance_layer_stops_fit_at_step_zero(recorder: Recorder) -> None:
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((10,)), MyCustomLayer(name="my_custom_layer"), keras.layers.Dense(1)])
@@ -65,7 +53,8 @@ def test_seed_zero_variance_layer_stops_fit_at_step_zero(recorder: Recorder) -> 
 def test_nan_that_never_reaches_the_loss_is_reported_where_it_appears(recorder: Recorder, stride: int) -> None:
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
-        keras.Input((2,)), HalfLog(name="half_log"), FirstColumn(name="first"), keras.layers.Dense(1, name="head"),
+        keras.Input((2,)), models.HalfLog(name="half_log"), models.FirstColumn(name="first"),
+        keras.layers.Dense(1, name="head"),
     ])  # fmt: skip
     model.compile(keras.optimizers.SGD(1e-2), "mse")
     x = np.abs(np.random.default_rng(0).normal(size=(32, 2))).astype("float32") + 0.1

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 from typing import Any, Final
 
 import keras
 from keras import tree
 
 from nanwatch import protocol
-from nanwatch.keras import _vector
 from nanwatch.keras._instrument import Instrumentation
 from nanwatch.monitor import Halt, Monitor
 
@@ -186,18 +184,17 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         """Log the last step vector; return its (last) step and a halt due there.
 
         The training thread only copies the vector and checks its loss and global gradient norm: the
-        sender thread unpacks it into the record (about 0.1 ms of numpy and Python per step, 1 % of the
-        benchmark MLP's step). A step whose loss or gradient norm is not finite is unpacked here, for the
-        local non-finite check to name what is wrong.
+        sender thread finishes a light step's raw vector (``_raw``) and unpacks it into the record (about
+        0.1 ms of numpy and Python per step, 1 % of the benchmark MLP's step). A step whose loss or
+        gradient norm is not finite is unpacked here, for the local non-finite check to name what is wrong.
         """
         assert self._step is not None
-        vec = inst.read()
+        vec, raw = inst.read()
         self._register(inst)
-        head = inst.layout.head(vec)
-        count = max(int(head[_vector.STEPS]), 1)
+        count, loss, grad_norm = inst.head(vec, raw)
         step, self._step = self._step + count - 1, self._step + count
-        unpack = partial(inst.layout.unpack, vec, len(inst.observed), loss_scale=inst.loss_scaled, skips=inst.lso)
-        finite = math.isfinite(head[_vector.LOSS]) and math.isfinite(head[_vector.GRAD_NORM])  # and per layer
+        unpack = inst.unpacker(vec, raw)
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)  # and per layer
         if finite or self.monitor.halt_on == "never":
             return step, self.monitor.log_step_later(step, unpack)
         return step, self.monitor.log_step(step, **unpack())

@@ -8,9 +8,11 @@ Four instance attributes are wrapped, none rewritten; each wrapper calls the ori
 - ``optimizer.apply`` (``apply_gradients`` calls it): remembers the gradients, the learning rate, the
   loss scale and each weight just before and just after the update;
 - ``model.train_step``: brackets one step; after it, what was remembered becomes the step vector (see
-  ``_trace`` and ``_vector``). The step returns it as one more output beside its logs, which a wrapper of
-  ``model.train_function`` takes out before Keras sees the logs: the callback then reads an output the
-  step already produced instead of running an eager variable read (about 0.1 ms per step on CPU). Under
+  ``_trace`` and ``_vector``), or on a light step the raw vector of its bare reductions, which the host
+  finishes into the step vector (``_raw``). The step returns it as one more output beside its logs,
+  which a wrapper of ``model.train_function`` takes out before Keras sees the logs: the callback then
+  reads an output the step already produced instead of running an eager variable read (about 0.1 ms per
+  step on CPU). Under
   ``steps_per_execution > 1`` (steps fold into one vector) and with several replicas (Keras would average
   them), the vector is assigned to a pre-created variable instead and read from there.
 
@@ -38,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nanwatch.keras import _activations, _layers, _reductions, _trace, _vector
+from nanwatch.keras import _activations, _layers, _raw, _reductions, _trace, _vector
 
 _MISSING = object()
 _VECTOR_KEY = "__nanwatch_step_vector__"  # the step's extra output, removed before Keras sees the logs
@@ -46,6 +48,8 @@ _VECTOR_KEY = "__nanwatch_step_vector__"  # the step's extra output, removed bef
 
 class Instrumentation:
     """The patches and device variables of one model's instrumented ``fit``."""
+
+    finish_on_host = True  # light steps return their raw reductions (``_raw``); tests compare both ways
 
     def __init__(
         self,
@@ -75,6 +79,8 @@ class Instrumentation:
         self.stats, self.step = self._make_variables()
         self.tops = _tops_every_step(model, self._bounds.values())  # besides detail steps (every step at stride 1)
         self._vector: Any = None  # the step vector the last train_function call returned, if it did
+        self._vector_raw = False  # whether it is a light step's raw vector (``_raw``), to finish on the host
+        self.raw_layout: _raw.RawLayout | None = None  # the light step's, once traced
         # what decides a step's details: always (no stride), the host (a light and a detail function), or
         # an in-graph counter (chunks, whose steps all run inside one call)
         split = not self.chunked and _can_build_functions(model)
@@ -124,15 +130,32 @@ class Instrumentation:
 
     # ------------------------------------------------------------------ host side
 
-    def read(self) -> np.ndarray:
-        """The step vector of the last ``train_function`` call; starts a new chunk."""
+    def read(self) -> tuple[np.ndarray, bool]:
+        """The vector of the last ``train_function`` call and whether it is a light step's raw vector
+        (``_raw``; else the step vector); starts a new chunk."""
         returned, self._vector = self._vector, None
         if returned is not None:
-            return np.asarray(returned)
+            return np.asarray(returned), self._vector_raw
         vec = np.array(self.stats.numpy())  # a copy: the variable is reset below and written next step
         if self.chunked:
             self.stats.assign(tf.zeros([self.layout.size]))
-        return vec
+        return vec, False
+
+    def head(self, vec: np.ndarray, raw: bool) -> tuple[int, float, float]:
+        """The number of steps ``vec`` covers, its loss and its global gradient norm (Python values)."""
+        if raw:
+            assert self.raw_layout is not None
+            return (1, *self.raw_layout.head(vec))
+        head = self.layout.head(vec)
+        return max(int(head[_vector.STEPS]), 1), head[_vector.LOSS], head[_vector.GRAD_NORM]
+
+    def unpacker(self, vec: np.ndarray, raw: bool) -> Callable[[], dict[str, Any]]:
+        """What turns ``vec`` into ``Monitor.log_step`` keyword arguments (on the monitor's sender thread)."""
+        n, layout, raw_layout = len(self.observed), self.layout, self.raw_layout
+        options = {"loss_scale": self.loss_scaled, "skips": self.lso}
+        if raw and raw_layout is not None:
+            return lambda: layout.unpack(raw_layout.finish(vec, layout), n, **options)
+        return lambda: layout.unpack(vec, n, **options)
 
     def set_step(self, step: int) -> None:
         """The global step of the next training step (drives ``activation_stride``)."""
@@ -263,10 +286,12 @@ class Instrumentation:
 
         def train_function(iterator: Any) -> Any:
             step, self._next_step = self._next_step, self._next_step + 1
-            logs = (detailed if detailed is not None and step % self.stride == 0 else original)(iterator)
+            light = detailed is None or step % self.stride != 0
+            logs = original(iterator) if detailed is None or light else detailed(iterator)
             if isinstance(logs, dict) and _VECTOR_KEY in logs:
                 logs = dict(logs)
                 self._vector = logs.pop(_VECTOR_KEY)
+                self._vector_raw = light and detailed is not None and self.raw_layout is not None  # see _wrap_step
             return logs
 
         return train_function
@@ -284,8 +309,12 @@ class Instrumentation:
                 logs = original(data)
             finally:
                 self._trace = None
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            returned = isinstance(logs, dict) and not self.chunked and replicas == 1
+            if returned and detail is False and self.detail is False and self.finish_on_host:
+                return {**logs, _VECTOR_KEY: self._raw_vector(trace)}
             vector = self._record(trace)
-            if isinstance(logs, dict) and not self.chunked and tf.distribute.get_strategy().num_replicas_in_sync == 1:
+            if returned:
                 return {**logs, _VECTOR_KEY: vector}
             self.stats.assign(vector)
             return logs
@@ -293,6 +322,26 @@ class Instrumentation:
         return train_step
 
     # ------------------------------------------------------------------ the step vector
+
+    def _raw_vector(self, trace: _trace.StepTrace) -> tf.Tensor:
+        """A light step's raw vector (``_raw``), finished on the host; remembers its layout."""
+        self._warn_missing(trace)
+        trace.settle()  # its activation matrix goes unused: TensorFlow prunes it from the function
+        observed = trace.observed
+        squares = trace.grads.squares if trace.grads is not None else ()
+        scalars = [s for s in (trace.loss, trace.lr if trace.applied else None, trace.scale) if s is not None]
+        self.raw_layout = _raw.RawLayout.of(
+            self.layout.slots,
+            has_loss=trace.loss is not None,
+            applied=trace.applied and trace.lr is not None,
+            scaled=trace.scale is not None,
+            lso=self.lso,
+            grad_slots=trace.slots if trace.grads is not None else (),
+            act_slots=[o.slot for o in observed],
+            act_sources=[o.sources for o in observed],
+            width=int(observed[0].quick.shape[-1]) if observed else 1,
+        )
+        return _raw.RawLayout.tensor(scalars, squares, [o.output for o in observed], [o.quick for o in observed])
 
     def _record(self, trace: _trace.StepTrace) -> tf.Tensor:
         self._warn_missing(trace)

@@ -17,6 +17,7 @@ class StepTrace:
     graph: Any
     eager: bool
     pending: list[_reductions.Observed] = field(default_factory=list)  # observed, not yet measured
+    observed: list[_reductions.Observed] = field(default_factory=list)  # everything observed, in order
     seen: set[int] = field(default_factory=set)  # the layer columns observed in this step
     activations: _reductions.Activations | None = None
     producers: dict[int, int] = field(default_factory=dict)  # id(output tensor) -> its layer's column
@@ -34,6 +35,7 @@ class StepTrace:
     def settle(self) -> None:
         """Measure the outputs observed so far, all at once (at the end of the forward pass)."""
         measured = _reductions.measure(self.pending, self.detail)
+        self.observed += self.pending
         self.pending = []
         if measured is not None:
             self.activations = measured if self.activations is None else self.activations + measured
