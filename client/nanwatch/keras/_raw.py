@@ -32,7 +32,7 @@ _FLOAT32_MAX: Final = float(np.finfo(np.float32).max)
 _FIELD: Final = {name: i for i, name in enumerate(LAYER_FIELDS)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RawLayout:
     """Where a light step's raw vector holds what, fixed when the step is traced.
 
@@ -45,9 +45,10 @@ class RawLayout:
     applied: bool
     scaled: bool
     lso: bool
-    grad_ids: tuple[int, ...]  # per gradient: its layer column, or n_layers (no watched layer)
-    act_slots: tuple[int, ...]  # per watched output: its layer column
-    act_sources: tuple[tuple[int, ...], ...]  # per output: positions of the watched outputs it read
+    grad_ids: np.ndarray  # per gradient: its layer column, or n_layers (no watched layer)
+    act_slots: np.ndarray  # per watched output: its layer column
+    reader: np.ndarray  # with ``read``: output ``reader[j]`` read the output at position ``read[j]``
+    read: np.ndarray
     width: int  # quick values per output: 1 (the sum) or 4 (max, min, sum, max |input|)
 
     @classmethod
@@ -66,15 +67,17 @@ class RawLayout:
     ) -> RawLayout:
         """``act_sources``: per output, the layer columns of the watched layers it read."""
         position = {slot: i for i, slot in enumerate(act_slots)}
+        pairs = [(i, position[s]) for i, sources in enumerate(act_sources) for s in sources if s in position]
         return cls(
             n_layers=n_layers,
             has_loss=has_loss,
             applied=applied,
             scaled=scaled,
             lso=lso,
-            grad_ids=tuple(_norms.columns(grad_slots, n_layers)),
-            act_slots=tuple(act_slots),
-            act_sources=tuple(tuple(position[s] for s in sources if s in position) for sources in act_sources),
+            grad_ids=np.array(_norms.columns(grad_slots, n_layers), np.intp),
+            act_slots=np.array(act_slots, np.intp),
+            reader=np.array([i for i, _ in pairs], np.intp),
+            read=np.array([j for _, j in pairs], np.intp),
             width=width,
         )
 
@@ -146,7 +149,7 @@ class RawLayout:
         if not len(squares):
             return 1.0
         n = self.n_layers
-        sums = np.bincount(np.array(self.grad_ids), weights=squares, minlength=n + 1)
+        sums = np.bincount(self.grad_ids, weights=squares, minlength=n + 1)
         norms = np.sqrt((2.0 * sums).astype(np.float32)) * np.float32(inverse)  # float32: the device's overflow
         total = np.sqrt(np.float32(2.0 * squares.sum())) * np.float32(inverse)
         kept = 1.0 if not self.lso or np.isfinite(total) else 0.0
@@ -163,16 +166,15 @@ class RawLayout:
         sizes = rest[:k]
         quick = rest[k : k + k * self.width].reshape(k, self.width)
         total = quick[:, 2] if self.width > 1 else quick[:, 0]
-        slots = np.array(self.act_slots)
+        slots = self.act_slots
         grid[_FIELD["act_mean"], slots] = total / sizes
         grid[_FIELD["act_frac_nonfinite"], slots] = np.where(np.isfinite(total), 0.0, np.nan)
         vec[_vector.ACT_N] = 1.0
         if self.width > 1:
             top = np.maximum(np.abs(quick[:, 0]), np.abs(quick[:, 1]))
             inputs = quick[:, 3].copy()
-            for i, sources in enumerate(self.act_sources):
-                if sources:
-                    inputs[i] = np.maximum(inputs[i], top[list(sources)].max())
+            if len(self.read):
+                np.maximum.at(inputs, self.reader, top[self.read])
             grid[_FIELD["act_max_abs"], slots] = top
             grid[_FIELD["in_max_abs"], slots] = inputs
             vec[_vector.ACT_TOPS_N] = 1.0
