@@ -9,13 +9,17 @@ Slow spells of the machine then hit both alike. Instrumented steps are split by 
 statistics) and detail (every ``activation_stride``-th step). It prints the median step-time ratio of
 each kind and, from them, the mean overhead for a few strides: ``((k - 1) * light + detail) / k``.
 
-    python bench/step_overhead.py [--steps 3000] [--models mlp,cnn] [--inline-records] [--no-service]
+    python bench/step_overhead.py [--steps 3000] [--models mlp,cnn] [--inline-records] [--no-service] [--graph]
 
 ``--no-service`` points the callback at a loopback port where nothing listens (issue 3's acceptance 3:
 the sender backs off, and no service process shares the machine). ``--inline-records`` adds a third
 arm, a second instrumented copy of the model whose records are made on the training thread
 (``Monitor.log_step`` with the unpacked vector, as before ``log_step_later``): what handing the
 unpacking to the sender thread saves. Its column is the ratio of its median step to plain.
+
+``--graph`` adds an arm that calls the instrumented train function with the plain arm's hooks (no
+nanwatch hook: nothing read, nothing sent): its ``graph`` column is the light step's ratio without the
+host's part, so ``light - graph`` is what the callback and the sender thread cost.
 
 The private attributes it reads (``_instrumentation``, ``_next_step``) are the callback's internals:
 this is a measuring instrument, not an example.
@@ -83,12 +87,15 @@ def fit_step(function: Any, callbacks: Any) -> Any:
     return step
 
 
-def measure(build: Any, url: str, steps: int, inline: bool) -> dict[str, float]:
+def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False) -> dict[str, float]:
     plain, callback, iterator, watched = instrumented(build, url, build.__name__)
     arms = {
         "plain": lambda step: plain(step, iterator),
         "watched": lambda step: watched(step, iterator),
     }
+    if graph:  # the instrumented train function, with the plain arm's hooks
+        graph_only = fit_step(callback.model.train_function, plain.callbacks)
+        arms["graph"] = lambda step: graph_only(step, iterator)
     started = [plain, watched]
     if inline:
         other_plain, _, other_iterator, other_watched = instrumented(build, url, f"{build.__name__}-inline", True)
@@ -101,16 +108,17 @@ def measure(build: Any, url: str, steps: int, inline: bool) -> dict[str, float]:
         for name in names:
             arms[name](step)
     times = {name: np.zeros(steps) for name in names}
-    detail = np.zeros(steps, dtype=bool)
+    details = {name: np.zeros(steps, dtype=bool) for name in names}  # the instrumented arms share a counter
     for i in range(steps):
-        detail[i] = inst._next_step % STRIDE == 0
         for name in names[i % len(names) :] + names[: i % len(names)]:  # the order rotates
+            details[name][i] = inst._next_step % STRIDE == 0
             start = time.perf_counter()
             arms[name](i)
             times[name][i] = time.perf_counter() - start
     for step in started:
         step.callbacks.on_train_end()  # restores the models, closes the monitors
     base = float(np.median(times["plain"]))
+    detail = details["watched"]
     result = {
         "plain_ms": 1e3 * base,
         "light": float(np.median(times["watched"][~detail])) / base,
@@ -119,6 +127,8 @@ def measure(build: Any, url: str, steps: int, inline: bool) -> dict[str, float]:
     }
     if inline:
         result["inline_median"] = float(np.median(times["inline"])) / base
+    if graph:
+        result["graph"] = float(np.median(times["graph"][~details["graph"]])) / base
     return result
 
 
@@ -128,6 +138,7 @@ def main() -> None:
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--inline-records", action="store_true", help="add the arm that unpacks on the training thread")
     parser.add_argument("--no-service", action="store_true", help="nothing listens at the callback's URL")
+    parser.add_argument("--graph", action="store_true", help="add the arm without the callback's hooks")
     args = parser.parse_args()
     logging.getLogger("nanwatch").setLevel(logging.ERROR)
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {args.steps} steps of each, interleaved")
@@ -136,16 +147,18 @@ def main() -> None:
         f"  {'model':<6}{'plain ms':>10}{'light':>8}{'detail':>8}{'median':>8}   "
         + "".join(f"{'k=' + str(k):>8}" for k in strides)
         + ("   inline median" if args.inline_records else "")
+        + ("   graph (light)" if args.graph else "")
     )
     service = contextlib.nullcontext(f"http://127.0.0.1:{free_port()}") if args.no_service else running_service()
     with service as url:
         for name in args.models.split(","):
-            r = measure({"mlp": mlp, "cnn": cnn}[name], url, args.steps, args.inline_records)
+            r = measure({"mlp": mlp, "cnn": cnn}[name], url, args.steps, args.inline_records, args.graph)
             mean = [((k - 1) * r["light"] + r["detail"]) / k for k in strides]
             print(
                 f"  {name:<6}{r['plain_ms']:>10.3f}{r['light']:>8.3f}{r['detail']:>8.3f}{r['all_median']:>8.3f}   "
                 + "".join(f"{m:>8.3f}" for m in mean)
                 + (f"{r['inline_median']:>16.3f}" if args.inline_records else "")
+                + (f"{r['graph']:>16.3f}" if args.graph else "")
             )
 
 
