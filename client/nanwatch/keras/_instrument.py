@@ -286,12 +286,13 @@ class Instrumentation:
 
         def train_function(iterator: Any) -> Any:
             step, self._next_step = self._next_step, self._next_step + 1
-            light = detailed is None or step % self.stride != 0
-            logs = original(iterator) if detailed is None or light else detailed(iterator)
+            if detailed is not None and step % self.stride == 0:
+                logs, raw = detailed(iterator), False
+            else:  # raw when this function traced the raw path (only a split's light one does)
+                logs, raw = original(iterator), self.raw_layout is not None
             if isinstance(logs, dict) and _VECTOR_KEY in logs:
                 logs = dict(logs)
-                self._vector = logs.pop(_VECTOR_KEY)
-                self._vector_raw = light and detailed is not None and self.raw_layout is not None  # see _wrap_step
+                self._vector, self._vector_raw = logs.pop(_VECTOR_KEY), raw
             return logs
 
         return train_function

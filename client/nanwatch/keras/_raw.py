@@ -112,47 +112,40 @@ class RawLayout:
         squares = values[self._scalars :]
         if not squares:
             return loss, 0.0
-        total = 2.0 * sum(squares)
-        norm = math.sqrt(total) if total <= _FLOAT32_MAX else math.inf if total == total else math.nan
-        if self.scaled:
-            norm = norm / values[self._scalars - 1]
-        if self.lso and not math.isfinite(norm):
-            norm = 0.0
-        return loss, norm
+        norm = _global_norm(sum(squares), values[self._scalars - 1] if self.scaled else 1.0)
+        return loss, 0.0 if self.lso and not math.isfinite(norm) else norm
 
     def finish(self, raw: np.ndarray, layout: _vector.Layout) -> np.ndarray:
         """The step vector (``layout``) the device would have made of this light step."""
         vec = np.zeros(layout.size, np.float32)
         grid = vec[_vector.N_SCALARS :].reshape(len(LAYER_FIELDS), layout.slots)  # a view: fields by column
         raw = raw.astype(np.float64)
-        at = 0
-        scalars = raw[: self._scalars]
-        at += self._scalars
-        loss = scalars[0] if self.has_loss else 0.0
-        lr = scalars[int(self.has_loss)] if self.applied else 0.0
+        grads_at = self._scalars
+        acts_at = grads_at + len(self.grad_ids)
+        scalars = raw[:grads_at]
         scale = scalars[-1] if self.scaled else 1.0
         vec[_vector.STEPS] = 1.0
         if self.has_loss:
-            vec[_vector.LOSS], vec[_vector.LOSS_N] = loss, 1.0
+            vec[_vector.LOSS], vec[_vector.LOSS_N] = scalars[0], 1.0
         if self.scaled:
             vec[_vector.LOSS_SCALE] = scale
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            kept = self._gradients(raw[at : at + len(self.grad_ids)], 1.0 / scale, vec, grid)
-            at += len(self.grad_ids)
+            kept = self._gradients(raw[grads_at:acts_at], scale, vec, grid)
             if self.applied:
-                vec[_vector.APPLY_N], vec[_vector.LR], vec[_vector.SKIPPED] = 1.0, lr, 1.0 - kept
-            self._activations(raw[at:], vec, grid)
+                vec[_vector.APPLY_N], vec[_vector.SKIPPED] = 1.0, 1.0 - kept
+                vec[_vector.LR] = scalars[int(self.has_loss)]
+            self._activations(raw[acts_at:], vec, grid)
         return vec
 
-    def _gradients(self, squares: np.ndarray, inverse: float, vec: np.ndarray, grid: np.ndarray) -> float:
+    def _gradients(self, squares: np.ndarray, scale: float, vec: np.ndarray, grid: np.ndarray) -> float:
         """Write the gradient norms; return 1.0, or 0.0 for a step the loss scaler skips."""
         if not len(squares):
             return 1.0
         n = self.n_layers
         sums = np.bincount(self.grad_ids, weights=squares, minlength=n + 1)
-        norms = np.sqrt((2.0 * sums).astype(np.float32)) * np.float32(inverse)  # float32: the device's overflow
-        total = np.sqrt(np.float32(2.0 * squares.sum())) * np.float32(inverse)
-        kept = 1.0 if not self.lso or np.isfinite(total) else 0.0
+        norms = np.sqrt((2.0 * sums).astype(np.float32)) * np.float32(1.0 / scale)  # float32: the device's overflow
+        total = _global_norm(float(squares.sum()), scale)
+        kept = 1.0 if not self.lso or math.isfinite(total) else 0.0
         if kept:
             vec[_vector.GRAD_NORM] = total
             grid[_FIELD["grad_norm"], :n] = norms[:n]
@@ -178,3 +171,10 @@ class RawLayout:
             grid[_FIELD["act_max_abs"], slots] = top
             grid[_FIELD["in_max_abs"], slots] = inputs
             vec[_vector.ACT_TOPS_N] = 1.0
+
+
+def _global_norm(squares: float, scale: float) -> float:
+    """``sqrt(2 * squares)`` unscaled by ``scale`` (times its inverse, as on the device); +Inf where
+    ``2 * squares`` overflows float32, as there. The training thread's check and the record share it."""
+    doubled = 2.0 * squares
+    return (math.inf if doubled > _FLOAT32_MAX else math.sqrt(doubled)) * (1.0 / scale)
