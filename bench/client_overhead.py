@@ -5,7 +5,7 @@ every repetition (the order rotates), each a fresh ``fit`` of ``--steps`` steps 
 
     plain            model.fit, no callback
     terminate        model.fit with keras.callbacks.TerminateOnNaN
-    nanwatch         NanWatchCallback, defaults (detail statistics every 10th step), service running
+    nanwatch         NanWatchCallback, defaults (activation_stride="auto"), service running
     nanwatch_stride1 NanWatchCallback(activation_stride=1): every statistic on every step, service running
     nanwatch_noact   NanWatchCallback(activation_stats=False), service running
     nanwatch_down    NanWatchCallback, defaults, nothing listening at the URL
@@ -88,7 +88,7 @@ def callbacks_for(mode: str, url: str, down_url: str, run: str) -> list[keras.ca
                 down_url if mode == "nanwatch_down" else url,
                 run_id=run,
                 activation_stats=mode != "nanwatch_noact",
-                activation_stride=1 if mode == "nanwatch_stride1" else 10,
+                activation_stride=1 if mode == "nanwatch_stride1" else "auto",
                 halt_on="never",
             )
         ]

@@ -6,8 +6,12 @@ dataset iterator, and two train functions over the same variables, Keras' own (p
 instrumented one (NanWatchCallback with defaults, service running), called alternately step by step
 (the order alternates too), each with the callback hooks ``fit`` runs around it (see ``instrumented``).
 Slow spells of the machine then hit both alike. Instrumented steps are split by kind: light (every-step
-statistics) and detail (every ``activation_stride``-th step). It prints the median step-time ratio of
-each kind and, from them, the mean overhead for a few strides: ``((k - 1) * light + detail) / k``.
+statistics) and detail (the steps the callback's ``activation_stride`` picks). It prints the median
+step-time ratio of each kind and, from them, the mean overhead for a few strides:
+``((k - 1) * light + detail) / k``; ``auto`` is that mean at the strides the default
+``activation_stride="auto"`` chose during the run (``k auto``: their range, and the stride of their mean
+rate; ``_stride``: within 1 % of the step time for the details, k in [10, 100]), which is what ``fit``
+with defaults pays.
 
     python bench/step_overhead.py [--steps 3000] [--models mlp,cnn] [--inline-records] [--no-service] [--graph]
 
@@ -47,7 +51,7 @@ from bench._service import free_port, running_service
 from bench.client_overhead import cnn, mlp
 from nanwatch.keras import NanWatchCallback
 
-STRIDE = 10  # the callback's default
+WARM_UP = 40  # steps of each arm before the timed ones (traces; the auto stride's first choice)
 
 
 def instrumented(build: Any, url: str, name: str, inline: bool = False) -> tuple[Any, Any, Any, Any]:
@@ -71,8 +75,18 @@ def instrumented(build: Any, url: str, name: str, inline: bool = False) -> tuple
         monitor.log_step_later = lambda step, make, **kw: monitor.log_step(step, **make())
     callbacks = keras.callbacks.CallbackList([callback], add_history=True, model=model)
     callbacks.on_train_begin()  # installs the instrumented train function(s)
-    assert callback._instrumentation is not None and callback._instrumentation.stride == STRIDE
+    assert callback._instrumentation is not None and callback._instrumentation.schedule.auto
     return plain, callback, iterator, fit_step(model.train_function, callbacks)
+
+
+def light_only(callback: Any, run: Any) -> None:
+    """``run()`` with the callback's schedule holding its detail step back (it stays due for the next call)."""
+    schedule = callback._instrumentation.schedule
+    due, schedule.next_detail = schedule.next_detail, 1 << 62
+    try:
+        run()
+    finally:
+        schedule.next_detail = due
 
 
 def fit_step(function: Any, callbacks: Any) -> Any:
@@ -87,15 +101,15 @@ def fit_step(function: Any, callbacks: Any) -> Any:
     return step
 
 
-def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False) -> dict[str, float]:
+def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False) -> dict[str, Any]:
     plain, callback, iterator, watched = instrumented(build, url, build.__name__)
     arms = {
         "plain": lambda step: plain(step, iterator),
         "watched": lambda step: watched(step, iterator),
     }
-    if graph:  # the instrumented train function, with the plain arm's hooks
+    if graph:  # the instrumented train function's light steps, with the plain arm's hooks
         graph_only = fit_step(callback.model.train_function, plain.callbacks)
-        arms["graph"] = lambda step: graph_only(step, iterator)
+        arms["graph"] = lambda step: light_only(callback, lambda: graph_only(step, iterator))
     started = [plain, watched]
     if inline:
         other_plain, _, other_iterator, other_watched = instrumented(build, url, f"{build.__name__}-inline", True)
@@ -104,17 +118,20 @@ def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False)
     inst = callback._instrumentation
     assert inst is not None
     names = list(arms)
-    for step in range(4 * STRIDE):  # trace and warm up every arm
+    for step in range(WARM_UP):  # trace and warm up every arm
         for name in names:
             arms[name](step)
     times = {name: np.zeros(steps) for name in names}
     details = {name: np.zeros(steps, dtype=bool) for name in names}  # the instrumented arms share a counter
+    chosen = []  # the auto stride after each round
     for i in range(steps):
         for name in names[i % len(names) :] + names[: i % len(names)]:  # the order rotates
-            details[name][i] = inst._next_step % STRIDE == 0
+            inst.last_detail = False
             start = time.perf_counter()
             arms[name](i)
             times[name][i] = time.perf_counter() - start
+            details[name][i] = inst.last_detail
+        chosen.append(inst.schedule.stride)
     for step in started:
         step.callbacks.on_train_end()  # restores the models, closes the monitors
     base = float(np.median(times["plain"]))
@@ -124,6 +141,8 @@ def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False)
         "light": float(np.median(times["watched"][~detail])) / base,
         "detail": float(np.median(times["watched"][detail])) / base,
         "all_median": float(np.median(times["watched"])) / base,
+        "k_auto": len(chosen) / sum(1 / k for k in chosen),  # the detail steps' rate over the run, as a stride
+        "k_range": f"{min(chosen)}-{max(chosen)}",
     }
     if inline:
         result["inline_median"] = float(np.median(times["inline"])) / base
@@ -146,6 +165,7 @@ def main() -> None:
     print(
         f"  {'model':<6}{'plain ms':>10}{'light':>8}{'detail':>8}{'median':>8}   "
         + "".join(f"{'k=' + str(k):>8}" for k in strides)
+        + f"{'k auto':>14}{'auto':>8}"
         + ("   inline median" if args.inline_records else "")
         + ("   graph (light)" if args.graph else "")
     )
@@ -157,6 +177,8 @@ def main() -> None:
             print(
                 f"  {name:<6}{r['plain_ms']:>10.3f}{r['light']:>8.3f}{r['detail']:>8.3f}{r['all_median']:>8.3f}   "
                 + "".join(f"{m:>8.3f}" for m in mean)
+                + f"{'{} ({:.0f})'.format(r['k_range'], r['k_auto']):>14}"
+                + f"{((r['k_auto'] - 1) * r['light'] + r['detail']) / r['k_auto']:>8.3f}"
                 + (f"{r['inline_median']:>16.3f}" if args.inline_records else "")
                 + (f"{r['graph']:>16.3f}" if args.graph else "")
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import keras
@@ -108,7 +109,8 @@ def test_steps_per_execution_reports_one_record_per_chunk(recorder: Recorder) ->
 
 
 @pytest.mark.parametrize(
-    ("stride", "bounded", "counter"), [(3, True, False), (None, True, False), (None, False, False), (3, False, True)]
+    ("stride", "bounded", "counter"),
+    [(3, True, False), (None, True, False), (None, False, False), (3, False, True), (None, False, True)],
 )
 def test_activation_stride_thins_out_the_detail_fields_only(
     recorder: Recorder, monkeypatch: pytest.MonkeyPatch, stride: int | None, bounded: bool, counter: bool
@@ -127,7 +129,6 @@ def test_activation_stride_thins_out_the_detail_fields_only(
     watch = {} if stride is None else {"activation_stride": stride}
     records = fit_watched(model, x, y, recorder, batch_size=BATCH, watch=watch).records
 
-    every = stride or 10  # the default
     detail = {"act_std", "act_frac_zero", "act_frac_saturated", "act_frac_zero_var", "grad_mean_abs", "update_norm",
               "weight_norm"} | (set() if bounded else {"act_max_abs", "in_max_abs"})  # fmt: skip
     assert len(records) == 24
@@ -135,7 +136,37 @@ def test_activation_stride_thins_out_the_detail_fields_only(
         fields = set(record["layers"])
         assert {"act_frac_nonfinite", "act_mean", "grad_norm"} <= fields
         assert fields - detail == set(keras_fields()) - detail
-        assert (detail <= fields) == (record["step"] % every == 0), record["step"]
+        assert detail <= fields or not detail & fields, record["step"]  # all of the details or none
+    detailed = [r["step"] for r in records if detail <= set(r["layers"])]
+    if stride is not None or counter:  # the in-graph counter keeps "auto"'s first stride, 10
+        assert detailed == list(range(0, 24, stride or 10))
+    else:  # "auto": the first step, every 10th until both kinds of step are timed, then every 10th-100th
+        assert detailed[:2] == [0, 10]
+        assert all(10 <= later - earlier <= 100 for earlier, later in itertools.pairwise(detailed))
+
+
+def test_layers_that_only_select_values_are_not_watched_and_pass_their_source_on(recorder: Recorder) -> None:
+    """Reshape, max pooling and Flatten output only values their input holds: they are left out of the
+    table, and the layer after them reads the watched layer before them (its ``in_max_abs``)."""
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu", name="wide"),
+        keras.layers.Reshape((16, 1)),
+        keras.layers.MaxPooling1D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(1, name="head"),
+    ])  # fmt: skip
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = models.data()
+    wide = model.get_layer("wide")(x[:BATCH]).numpy()  # the first batch, with the weights before the first step
+
+    fitted = fit_watched(model, x, y, recorder, batch_size=BATCH, watch={"activation_stride": 1})
+
+    assert [row["name"] for row in fitted.run["layers"]] == ["wide", "head"]
+    first = fitted.records[0]["layers"]
+    assert first["act_max_abs"][0] == pytest.approx(np.abs(wide).max(), rel=1e-6)
+    assert first["in_max_abs"] == pytest.approx([np.abs(x[:BATCH]).max(), np.abs(wide).max()], rel=1e-6)
+    assert all(r["layers"]["in_max_abs"][1] == r["layers"]["act_max_abs"][0] for r in fitted.records)
 
 
 def test_mixed_float16_reports_unscaled_norms_and_the_loss_scale(recorder: Recorder) -> None:

@@ -16,23 +16,28 @@ Four instance attributes are wrapped, none rewritten; each wrapper calls the ori
   ``steps_per_execution > 1`` (steps fold into one vector) and with several replicas (Keras would average
   them), the vector is assigned to a pre-created variable instead and read from there.
 
-Under an ``activation_stride`` k > 1 Keras' train function is built twice from the wrapped step: a light
-one that measures only the every-step statistics, and a detail one; the wrapper of ``train_function``
-calls the detail one on every k-th step. Nothing of the details is then in the light step's graph (an
-in-graph switch would leave ``tf.cond``s, a step counter and the untaken branch's ops in every step:
-about 1.5 % of a short CPU step). The price is a second trace of the step when ``fit`` starts. Under
-``steps_per_execution > 1``, whose steps run inside one call, an in-graph step counter chooses instead.
+Under an ``activation_stride`` other than 1 Keras' train function is built twice from the wrapped step: a
+light one that measures only the every-step statistics, and a detail one; the wrapper of
+``train_function`` calls the detail one on the steps its ``_stride.Schedule`` picks (every k-th, or under
+``"auto"`` as often as their measured extra time allows) and times the calls for it. Nothing of the
+details is then in the light step's graph (an in-graph switch would leave ``tf.cond``s, a step counter and
+the untaken branch's ops in every step: about 1.5 % of a short CPU step). The price is a second trace of
+the step when ``fit`` starts. Under ``steps_per_execution > 1``, whose steps run inside one call, an
+in-graph step counter chooses instead (every k-th step; "auto" keeps its first stride, 10).
 
 The reductions are added where their tensors are made (a layer's output in its ``call``, the gradients
 before the update), so no big tensor lives longer because of nanwatch. All of this happens while
 TensorFlow traces the step: it costs nothing per step beyond the ops it adds. The wrappers record only
 inside the training step's own graph (not in evaluate/predict traces, not inside a layer's inner loop
-such as an RNN cell's ``while_loop``, which is measured at the RNN layer).
+such as an RNN cell's ``while_loop``, which is measured at the RNN layer). Layers that only select their
+input's values (``_layers.selects_only``) are not measured: their ``call`` only passes on which watched
+layer made what they output.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nanwatch.keras import _activations, _layers, _raw, _reductions, _trace, _vector
+from nanwatch.keras import _activations, _layers, _raw, _reductions, _stride, _trace, _vector
 
 _MISSING = object()
 _VECTOR_KEY = "__nanwatch_step_vector__"  # the step's extra output, removed before Keras sees the logs
@@ -56,17 +61,19 @@ class Instrumentation:
         model: keras.Model,
         *,
         activation_stats: bool,
-        activation_stride: int,
+        activation_stride: int | str,
         logger: logging.Logger,
         warned: set[str] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = model.optimizer
         self.activation_stats = activation_stats
-        self.stride = activation_stride
+        self.schedule = _stride.Schedule(activation_stride)
+        self.stride = self.schedule.stride  # the in-graph counter's (chunks), fixed when traced
         self._log = logger
         self._warned = warned if warned is not None else set()
         self.candidates = _layers.watched_layers(model)
+        self.passing = [layer for layer in _layers.all_layers(model) if _layers.selects_only(layer)]
         self.layout = _vector.Layout(len(self.candidates))
         self.observed: list[keras.Layer] = []  # watched layers in forward order; index = column
         self._slot: dict[int, int] = {}
@@ -86,6 +93,9 @@ class Instrumentation:
         split = not self.chunked and _can_build_functions(model)
         self.detail: bool | None = True if self.stride == 1 else False if split else None
         self._next_step = 0  # the global step of the next train_function call (host-decided details)
+        self.last_detail = False  # whether the last train_function call took the details
+        self._timing: tuple[float, bool] | None = None  # (called at, detail) of a call to time, if any
+        self._traced: set[bool] = set()  # the kinds of train function called once (traced) so far
 
     # ------------------------------------------------------------------ install / restore
 
@@ -94,6 +104,8 @@ class Instrumentation:
         if self.activation_stats:
             for layer in self.candidates:
                 self._patch(layer, "call", self._wrap_call(layer, layer.call))
+            for layer in self.passing:
+                self._patch(layer, "call", self._wrap_passing(layer.call))
         self._patch(self.model, "compute_loss", self._wrap_loss(self.model.compute_loss))
         self._patch(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
         step = self.model.train_step
@@ -134,6 +146,9 @@ class Instrumentation:
         """The vector of the last ``train_function`` call and whether it is a light step's raw vector
         (``_raw``; else the step vector); starts a new chunk."""
         returned, self._vector = self._vector, None
+        timing, self._timing = self._timing, None
+        if timing is not None:  # the vector is read once the step has run: time it (``_stride``)
+            self.schedule.timed(time.perf_counter() - timing[0], timing[1])
         if returned is not None:
             return np.asarray(returned), self._vector_raw
         vec = np.array(self.stats.numpy())  # a copy: the variable is reset below and written next step
@@ -160,6 +175,7 @@ class Instrumentation:
     def set_step(self, step: int) -> None:
         """The global step of the next training step (drives ``activation_stride``)."""
         self._next_step = step
+        self.schedule.start(step)
         if self.detail is None:
             self.step.assign(step)
 
@@ -184,8 +200,25 @@ class Instrumentation:
 
         return call
 
+    def _wrap_passing(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """A layer that only selects its input's values (not watched): its output counts as made by the
+        watched layer that made its input, for the next layer's ``in_max_abs``."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            outputs = original(*args, **kwargs)
+            trace = self._trace
+            if trace is not None:
+                source = _first_tensor(args[:1])
+                output = _first_tensor(outputs)
+                if source is not None and output is not None and id(source) in trace.producers:
+                    trace.producers[id(output)] = trace.producers[id(source)]
+                    trace.passed.append(output)  # alive while its id is a key
+            return outputs
+
+        return call
+
     def _observe(self, trace: _trace.StepTrace, layer: keras.Layer, args: tuple[Any, ...], outputs: Any) -> None:
-        output = next((t for t in tf.nest.flatten(outputs) if isinstance(t, tf.Tensor)), None)
+        output = _first_tensor(outputs)
         if output is None or not trace.owns(output) or self._slot.get(id(layer)) in trace.seen:
             return  # not a tensor of this graph, or a shared layer's second call (the first one counts)
         if id(layer) not in self._slot:
@@ -281,12 +314,18 @@ class Instrumentation:
             self.optimizer.built = True
 
     def _wrap_function(self, original: Callable[..., Any], detailed: Callable[..., Any] | None) -> Callable[..., Any]:
-        """Keras' train function(s): ``detailed``, when given, runs every ``stride``-th step instead of
-        ``original``; the step vector is taken out of the logs."""
+        """Keras' train function(s): ``detailed``, when given, runs instead of ``original`` on the steps
+        ``schedule`` picks (and the call is timed for it); the step vector is taken out of the logs."""
 
         def train_function(iterator: Any) -> Any:
             step, self._next_step = self._next_step, self._next_step + 1
-            if detailed is not None and step % self.stride == 0:
+            detail = detailed is not None and self.schedule.due(step)
+            self.last_detail = detail
+            if detailed is not None:
+                self.schedule.ran(step, detail)
+                self._timing = (time.perf_counter(), detail) if detail in self._traced else None
+                self._traced.add(detail)
+            if detailed is not None and detail:
                 logs, raw = detailed(iterator), False
             else:  # raw when this function traced the raw path (only a split's light one does)
                 logs, raw = original(iterator), self.raw_layout is not None
@@ -375,6 +414,10 @@ class Instrumentation:
         if not trace.applied:
             self.warn_once("grads", "nanwatch: %s.train_step does not call optimizer.apply_gradients() or "
                            "apply(); gradients, weights and updates are not reported", model)  # fmt: skip
+
+
+def _first_tensor(structure: Any) -> tf.Tensor | None:
+    return next((t for t in tf.nest.flatten(structure) if isinstance(t, tf.Tensor)), None)
 
 
 def _after(grad: Any, reduction: tf.Tensor) -> Any:

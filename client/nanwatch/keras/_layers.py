@@ -18,19 +18,48 @@ BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "softsign": (-1.0, 1.0),
 }
 _ACTIVATION_LAYERS: Final = {"Softmax": "softmax"}  # layers that are an activation without `.activation`
+_SELECTING: Final = frozenset(
+    getattr(keras.layers, name)
+    for name in """Flatten Reshape Permute RepeatVector Identity MaxPooling1D MaxPooling2D MaxPooling3D
+    GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D Cropping1D Cropping2D Cropping3D ZeroPadding1D
+    ZeroPadding2D ZeroPadding3D UpSampling1D UpSampling2D UpSampling3D""".split()  # noqa: SIM905
+)
+"""Keras layer classes (exactly these, not subclasses) whose output holds only values of their input, and
+zeros for padding: they compute nothing that could overflow, saturate or turn non-finite."""
 
 
 def watched_layers(model: keras.Model) -> list[keras.Layer]:
     """Every layer of ``model`` whose output is measured, depth first in definition order.
 
     Models nested in the model are flattened into their layers (a nested model is a container, not a
-    computation); input layers are left out. For Sequential and Functional models this is forward order;
-    for subclassed models it is the order the layers were assigned in ``__init__``.
+    computation); input layers are left out, and so are the layers that only select, move or repeat
+    values (:func:`selects_only`: max pooling, Flatten, Reshape, cropping, padding, nearest upsampling):
+    every value they output was output, and measured, by the layer before them, so a NaN or Inf is named
+    where it appeared, and reading their outputs again costs a step as much as reading a convolution's.
+    For Sequential and Functional models this is forward order; for subclassed models it is the order the
+    layers were assigned in ``__init__``.
     """
+    return [layer for layer in all_layers(model) if not selects_only(layer)]
+
+
+def all_layers(model: keras.Model) -> list[keras.Layer]:
+    """Every layer of ``model``, nested models flattened (see :func:`watched_layers`)."""
     found: list[keras.Layer] = []
     seen: set[int] = set()
     _collect(model, found, seen)
     return found
+
+
+def selects_only(layer: keras.Layer) -> bool:
+    """Whether each value ``layer`` outputs is one of its input's values (or a zero it pads with).
+
+    Only Keras' own classes count (a subclass may compute in ``call``); UpSampling2D only with
+    ``interpolation="nearest"`` (bilinear and the others compute new values).
+    """
+    kind = type(layer)
+    if kind is keras.layers.UpSampling2D:
+        return getattr(layer, "interpolation", "nearest") == "nearest"
+    return kind in _SELECTING
 
 
 def _collect(layer: keras.Layer, found: list[keras.Layer], seen: set[int]) -> None:

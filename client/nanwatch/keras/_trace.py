@@ -21,6 +21,7 @@ class StepTrace:
     seen: set[int] = field(default_factory=set)  # the layer columns observed in this step
     activations: _reductions.Activations | None = None
     producers: dict[int, int] = field(default_factory=dict)  # id(output tensor) -> its layer's column
+    passed: list[Any] = field(default_factory=list)  # outputs of layers that only select (keys of producers)
     loss: Any = None
     detail: Any = True  # whether this step measures details: a bool, or a boolean tensor (in-graph counter)
     applied: bool = False
