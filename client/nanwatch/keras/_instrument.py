@@ -325,10 +325,9 @@ class Instrumentation:
                 self.schedule.ran(step, detail)
                 self._timing = (time.perf_counter(), detail) if detail in self._traced else None
                 self._traced.add(detail)
-            if detailed is not None and detail:
-                logs, raw = detailed(iterator), False
-            else:  # raw when this function traced the raw path (only a split's light one does)
-                logs, raw = original(iterator), self.raw_layout is not None
+            logs = (detailed if detailed is not None and detail else original)(iterator)
+            # after the call: a light function's first call traces it, and only a split's light one is raw
+            raw = not detail and self.raw_layout is not None
             if isinstance(logs, dict) and _VECTOR_KEY in logs:
                 logs = dict(logs)
                 self._vector, self._vector_raw = logs.pop(_VECTOR_KEY), raw

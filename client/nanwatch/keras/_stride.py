@@ -36,7 +36,6 @@ class Schedule:
         self.auto = stride == "auto"
         self.stride = LOWEST if self.auto else int(stride)
         self.next_detail = 0
-        self._last_detail = 0
         self._light: deque[float] = deque(maxlen=_LIGHT_WINDOW)
         self._detail: deque[float] = deque(maxlen=_DETAIL_WINDOW)
 
@@ -51,7 +50,7 @@ class Schedule:
     def ran(self, step: int, detail: bool) -> None:
         """Global ``step`` ran, with or without the details."""
         if detail:
-            self._last_detail, self.next_detail = step, step + self.stride
+            self.next_detail = step + self.stride
 
     def timed(self, seconds: float, detail: bool) -> None:
         """A step (not a trace) took ``seconds``; under "auto" a detail step's time re-chooses the stride."""
@@ -59,8 +58,9 @@ class Schedule:
             return
         (self._detail if detail else self._light).append(seconds)
         if detail and len(self._light) >= _DETAIL_WINDOW:
+            last = self.next_detail - self.stride  # the detail step just timed
             self.stride = choose(statistics.median(self._light), statistics.median(self._detail))
-            self.next_detail = self._last_detail + self.stride
+            self.next_detail = last + self.stride
 
     def __repr__(self) -> str:
         return f"Schedule(stride={self.stride}, auto={self.auto}, next_detail={self.next_detail})"
