@@ -286,6 +286,28 @@ def test_unreachable_service_warns_once_and_close_is_bounded(make_monitor: MakeM
     assert closing_took < 5.0  # generous: the bound is 0.5 s
 
 
+def test_an_outage_leaves_the_sender_asleep_until_its_next_retry(make_monitor: MakeMonitor, logs: LogCapture) -> None:
+    """With the service away the buffer stays full; logging a step must not wake the sender (it would find
+    it has to keep waiting, and on a 2-vCPU machine each wake cost the training thread ~25 µs)."""
+    monitor = make_monitor(f"http://127.0.0.1:{free_port()}", max_batch=4, buffer_size=8)
+    step, _ = step_until(monitor, lambda _: bool(logs.messages(WARNING)), what="the unreachable warning")
+    checks = 0
+    check = monitor._flush_early
+
+    def counted() -> bool:
+        nonlocal checks
+        checks += threading.current_thread() is monitor._thread  # the sender re-checks after each wake
+        return check()
+
+    monitor._flush_early = counted  # type: ignore[method-assign]
+    for later in range(step, step + 300):  # ~0.3 s: the backoff (0.5 s, 1 s, ...) wakes it once or twice
+        monitor.log_step(later, loss=1.0)
+        time.sleep(0.001)
+
+    assert checks < 30, f"the sender woke {checks} times for 300 steps"
+    assert monitor.dropped >= 300 - 8
+
+
 def read_request(connection: socket.socket) -> bytes:
     """Read one whole HTTP request (headers and a Content-Length body) from ``connection``."""
     data = b""
