@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from nanwatch.keras import _stride
-from nanwatch.keras._stride import HIGHEST, LOWEST, Schedule, choose
+from nanwatch.keras._stride import BUDGET, HIGHEST, LOWEST, Schedule, choose
+
+LIGHT = 0.005
+
+
+def _costing(k: float) -> float:
+    """A detail step's time such that every k-th step adds the budget: ``choose`` picks ``ceil(k)``."""
+    return LIGHT * (1 + k * BUDGET)
 
 
 @pytest.mark.parametrize(
     ("light", "detail", "expected"),
     [
-        (0.005, 0.0065, 30),  # details +30 %: every 30th step adds 1 %
-        (0.005, 0.00505, LOWEST),  # +1 %: cheap, every 10th
-        (0.005, 0.0049, LOWEST),  # faster than light (noise): every 10th
-        (0.005, 0.1, HIGHEST),  # +1900 %: every 100th (at most 19 % then)
+        (LIGHT, _costing(29.5), 30),  # every 30th step adds the budget
+        (LIGHT, _costing(3), LOWEST),  # cheap: every 10th
+        (LIGHT, 0.0049, LOWEST),  # faster than light (noise): every 10th
+        (LIGHT, 0.1, HIGHEST),  # +1900 %: every 100th (at most 19 % then)
         (0.0, 0.001, LOWEST),  # nothing measured
     ],
 )
@@ -22,7 +28,7 @@ def test_the_stride_keeps_the_details_extra_time_within_the_budget(light: float,
     assert choose(light, detail) == expected
     k = choose(light, detail)
     if LOWEST < k < HIGHEST:
-        assert (detail - light) / (k * light) <= _stride.BUDGET < (detail - light) / ((k - 1) * light)
+        assert (detail - light) / (k * light) <= BUDGET < (detail - light) / ((k - 1) * light)
 
 
 def _run(schedule: Schedule, steps: range, light: float, detail: float, traced: int = 0) -> list[int]:
@@ -42,7 +48,7 @@ def test_auto_starts_at_every_10th_step_then_spaces_the_details_by_their_cost() 
     schedule = Schedule("auto")
     schedule.start(0)
 
-    details = _run(schedule, range(200), light=0.005, detail=0.0075)  # +50 %: every 50th step
+    details = _run(schedule, range(200), light=LIGHT, detail=_costing(49.5))  # every 50th step
 
     assert details[:2] == [0, 10] and schedule.stride == 50
     assert details == [0, 10, 60, 110, 160]
@@ -51,12 +57,12 @@ def test_auto_starts_at_every_10th_step_then_spaces_the_details_by_their_cost() 
 def test_auto_follows_a_change_in_cost_and_ignores_an_outlier() -> None:
     schedule = Schedule("auto")
     schedule.start(0)
-    _run(schedule, range(100), light=0.005, detail=0.0075)
+    _run(schedule, range(100), light=LIGHT, detail=_costing(49.5))
     assert schedule.stride == 50
 
     schedule.timed(5.0, True)  # one detail step that stalled: the median of the recent ones holds
     assert schedule.stride == 50
-    details = _run(schedule, range(100, 1000), light=0.005, detail=0.00505)  # details became cheap
+    details = _run(schedule, range(100, 1000), light=LIGHT, detail=_costing(2))  # details became cheap
     assert schedule.stride == LOWEST
     assert details[-2:] == [details[-1] - LOWEST, details[-1]]
 
@@ -65,7 +71,7 @@ def test_a_fixed_stride_keeps_to_its_multiples_and_is_not_timed() -> None:
     schedule = Schedule(7)
     schedule.start(37)  # a fit resuming at step 37
 
-    details = _run(schedule, range(37, 80), light=0.005, detail=0.5)
+    details = _run(schedule, range(37, 80), light=LIGHT, detail=0.5)
 
     assert details == [42, 49, 56, 63, 70, 77] and schedule.stride == 7
 

@@ -48,7 +48,7 @@ def capture_activations(model: keras.Model) -> Iterator[dict[str, tuple[Any, tup
 def _capturing(original: Any, name: str, captured: dict[str, tuple[Any, tuple[Any, ...]]]) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
         outputs = original(*args, **kwargs)
-        output = next((t for t in tf.nest.flatten(outputs) if isinstance(t, tf.Tensor)), None)
+        output = _layers.first_tensor(outputs)
         if output is not None and name not in captured:
             captured[name] = (output, tuple(t for t in tf.nest.flatten(args[:1]) if isinstance(t, tf.Tensor)))
         return outputs

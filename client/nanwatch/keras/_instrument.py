@@ -208,8 +208,8 @@ class Instrumentation:
             outputs = original(*args, **kwargs)
             trace = self._trace
             if trace is not None:
-                source = _first_tensor(args[:1])
-                output = _first_tensor(outputs)
+                source = _layers.first_tensor(args[:1])
+                output = _layers.first_tensor(outputs)
                 if source is not None and output is not None and id(source) in trace.producers:
                     trace.producers[id(output)] = trace.producers[id(source)]
                     trace.passed.append(output)  # alive while its id is a key
@@ -218,7 +218,7 @@ class Instrumentation:
         return call
 
     def _observe(self, trace: _trace.StepTrace, layer: keras.Layer, args: tuple[Any, ...], outputs: Any) -> None:
-        output = _first_tensor(outputs)
+        output = _layers.first_tensor(outputs)
         if output is None or not trace.owns(output) or self._slot.get(id(layer)) in trace.seen:
             return  # not a tensor of this graph, or a shared layer's second call (the first one counts)
         if id(layer) not in self._slot:
@@ -413,10 +413,6 @@ class Instrumentation:
         if not trace.applied:
             self.warn_once("grads", "nanwatch: %s.train_step does not call optimizer.apply_gradients() or "
                            "apply(); gradients, weights and updates are not reported", model)  # fmt: skip
-
-
-def _first_tensor(structure: Any) -> tf.Tensor | None:
-    return next((t for t in tf.nest.flatten(structure) if isinstance(t, tf.Tensor)), None)
 
 
 def _after(grad: Any, reduction: tf.Tensor) -> Any:

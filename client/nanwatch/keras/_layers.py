@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import keras
+import tensorflow as tf
 
 from nanwatch import protocol
 
@@ -60,6 +61,11 @@ def selects_only(layer: keras.Layer) -> bool:
     if kind is keras.layers.UpSampling2D:
         return getattr(layer, "interpolation", "nearest") == "nearest"
     return kind in _SELECTING
+
+
+def first_tensor(structure: Any) -> tf.Tensor | None:
+    """The first tensor of a layer call's (nested) inputs or outputs: the one that is measured."""
+    return next((t for t in tf.nest.flatten(structure) if isinstance(t, tf.Tensor)), None)
 
 
 def _collect(layer: keras.Layer, found: list[keras.Layer], seen: set[int]) -> None:
