@@ -1,7 +1,8 @@
 """Step-time overhead of NanWatchCallback over plain ``model.fit``, against TerminateOnNaN as well.
 
 Two models on the machine's devices (CPU here): a 6×256 ReLU MLP and a small CNN. Modes, interleaved in
-every repetition (the order rotates), each a fresh ``fit`` of ``--steps`` steps on an already built model:
+every repetition (the order rotates), each a ``fit`` of ``--steps`` steps on a fresh model (built and
+warmed up by a short ``fit`` just before):
 
     plain            model.fit, no callback
     terminate        model.fit with keras.callbacks.TerminateOnNaN
@@ -16,7 +17,7 @@ left out): on a shared machine single steps stall now and then, and the median i
 the mean is not. The table shows the median over repetitions and the ratio to ``plain``; the per-rep
 ratios compare each repetition with that repetition's ``plain``.
 
-    python bench/client_overhead.py [--reps 7] [--steps 300]
+    python bench/client_overhead.py [--reps 7] [--steps 300] [--models mlp,cnn] [--modes plain,terminate,...]
 """
 
 from __future__ import annotations
@@ -105,16 +106,23 @@ def timed_fit(model: keras.Model, data: tuple[Any, Any, int], callbacks: list[An
     return float(np.median(steps_times))  # robust to the stalls a shared machine adds to single steps
 
 
-def bench_model(name: str, build: Any, args: argparse.Namespace, url: str, down_url: str) -> dict[str, list[float]]:
-    keras.utils.set_random_seed(0)
-    built = {mode: build() for mode in MODES}
-    for mode, (model, x, y, batch) in built.items():  # warm up: build and trace once
-        timed_fit(model, (x, y, batch), callbacks_for(mode, url, down_url, f"warm-{name}-{mode}"), 2 + args.skip, 0)
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+def bench_model(
+    name: str, build: Any, args: argparse.Namespace, url: str, down_url: str, modes: tuple[str, ...] = MODES
+) -> dict[str, list[float]]:
+    """Per repetition and mode a fresh model (same seed), warmed up by a short fit, then the timed fit.
+
+    Fresh models each time: one model instance's step runs a few percent faster or slower than an identical
+    one's for as long as it lives (where TensorFlow's buffers land), so a model kept per mode would carry
+    its bias into every repetition; fresh ones spread it over the repetitions, and the median sees past it.
+    """
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     for rep in range(args.reps):
-        order = MODES[rep % len(MODES) :] + MODES[: rep % len(MODES)]
+        order = modes[rep % len(modes) :] + modes[: rep % len(modes)]
         for mode in order:
-            model, x, y, batch = built[mode]
+            keras.utils.set_random_seed(0)
+            model, x, y, batch = build()
+            warm = callbacks_for(mode, url, down_url, f"warm-{name}-{mode}-{rep}")
+            timed_fit(model, (x, y, batch), warm, 2 + args.skip, 0)  # build the optimizer, trace once
             cbs = callbacks_for(mode, url, down_url, f"{name}-{mode}-{rep}")
             times[mode].append(timed_fit(model, (x, y, batch), cbs, args.steps, args.skip))
     return times
@@ -138,7 +146,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--skip", type=int, default=20)
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--modes", default=",".join(MODES), help="a subset of the modes; plain is always run")
     args = parser.parse_args()
+    modes = ("plain", *(m for m in args.modes.split(",") if m != "plain"))
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)}; expected some of {', '.join(MODES)}")
     logging.getLogger("nanwatch").setLevel(logging.ERROR)  # the 'service down' warning is expected here
     import tensorflow as tf
 
@@ -147,7 +160,7 @@ def main() -> None:
     with running_service() as url:
         down_url = f"http://127.0.0.1:{free_port()}"
         for name in args.models.split(","):
-            report(name, bench_model(name, {"mlp": mlp, "cnn": cnn}[name], args, url, down_url))
+            report(name, bench_model(name, {"mlp": mlp, "cnn": cnn}[name], args, url, down_url, modes))
 
 
 if __name__ == "__main__":

@@ -51,9 +51,9 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             the training step's own forward pass, never a second one).
         activation_stride: ``"auto"`` (the default) or k: how often to take the detail statistics. With
             k, every k-th step (global step a multiple of k). ``"auto"`` takes them at the first step,
-            then times the steps and spaces the detail steps so that what they add stays within 1 % of
-            the training time, every 10th step at most and every 100th at least (``_stride``): on a GPU
-            that is every 10th step, on a 2-vCPU CPU every 15th-30th for small models. The detail
+            then times the steps and spaces the detail steps so that what they add stays within 0.5 %
+            of the training time, every 10th step at most and every 100th at least (``_stride``): on a
+            GPU that is every 10th step, on a 2-vCPU CPU every ~30th-50th for small models. The detail
             statistics: ``act_std``,
             ``act_frac_zero``, ``act_frac_saturated``, ``act_frac_zero_var``, ``grad_mean_abs``,
             ``weight_norm`` and ``update_norm`` (the other steps run a train function without their
