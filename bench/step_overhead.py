@@ -167,8 +167,11 @@ COLUMNS = ("light", "detail", "all_median", *(f"k={k}" for k in STRIDES), "auto"
 
 def with_means(r: dict[str, Any]) -> dict[str, Any]:
     """``r`` with the mean overhead at each stride of ``STRIDES`` and at the auto stride (``auto``)."""
-    means = {f"k={k}": ((k - 1) * r["light"] + r["detail"]) / k for k in STRIDES}
-    return {**r, **means, "auto": ((r["k_auto"] - 1) * r["light"] + r["detail"]) / r["k_auto"]}
+
+    def mean(k: float) -> float:  # every k-th step a detail one
+        return float(((k - 1) * r["light"] + r["detail"]) / k)
+
+    return {**r, **{f"k={k}": mean(k) for k in STRIDES}, "auto": mean(r["k_auto"])}
 
 
 def child(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:

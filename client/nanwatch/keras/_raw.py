@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 import numpy as np
@@ -81,7 +82,7 @@ class RawLayout:
             width=width,
         )
 
-    @property
+    @cached_property  # read on the training thread every step
     def _scalars(self) -> int:
         return int(self.has_loss) + int(self.applied) + int(self.scaled)
 
