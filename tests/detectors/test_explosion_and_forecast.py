@@ -27,6 +27,38 @@ def test_grad_norm_tripling_each_step_is_forecast_close_to_the_true_steps_to_ove
             assert pipeline.steps_to_nonfinite == pytest.approx(true_steps, abs=0.5)
 
 
+def test_steady_growth_of_1_4x_a_step_is_forecast_once_it_has_risen_for_8_steps() -> None:
+    # 1.4^4 = 3.8: never 10x within 4 steps, so only the sustained trend sees it
+    run = Run(relu_mlp(3))
+    pipeline = Pipeline(run.spec)
+    pipeline.process(run.records(40, grad_norm=lambda s: 1e25))
+    start = math.log(1e25)
+    for k in range(1, 60):
+        log_norm = start + k * math.log(1.4)
+        if log_norm > LOG_MAX:
+            break
+        pipeline.process([run.record(40 + k, grad_norm=math.exp(log_norm))])
+        true_steps = (LOG_MAX - log_norm) / math.log(1.4)
+        if k < 8:
+            assert pipeline.steps_to_nonfinite == math.inf
+        else:
+            assert pipeline.steps_to_nonfinite == pytest.approx(true_steps, abs=0.5)
+
+
+def test_noisy_steady_growth_warns_and_turns_critical_well_before_overflow() -> None:
+    run = Run(relu_mlp(4))
+    run.noise = 0.05
+    rng = random.Random(3)
+    grad = [1e25 * math.exp(rng.gauss(0, 0.05)) for _ in range(60)]
+    grad += [1e25 * 1.4**k * math.exp(rng.gauss(0, 0.05)) for k in range(1, 120)]
+    overflow_at = next(t for t, g in enumerate(grad) if g > FLOAT32_MAX)
+    records = [run.record(t, grad_norm=grad[t]) for t in range(overflow_at)]
+    found = of(run_all(run, records, batch=5), "grad_explosion")
+    warned, critical = first_step(found), first_step(found, "critical")
+    assert warned is not None and warned <= overflow_at - 20
+    assert critical is not None and overflow_at - 20 <= critical <= overflow_at - 3
+
+
 def test_flat_grad_norm_forecasts_nothing() -> None:
     run = Run(relu_mlp(3))
     pipeline = Pipeline(run.spec)
