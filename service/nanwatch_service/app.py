@@ -3,6 +3,7 @@ in the lifespan, and every app has its own Prometheus registry."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,9 +30,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         engine = Engine(opened, settings)
         app.state.metrics.attach(engine)
         app.state.engine = engine
+        engine.start()
+        watching = asyncio.create_task(engine.watch_commands(), name="nanwatch-commands")
         try:
             yield
         finally:
+            watching.cancel()
+            await run_in_threadpool(engine.close)
             if store is None:
                 opened.close()
 

@@ -1,23 +1,58 @@
-"""A replica's in-memory view of one run: detector state, open episodes, and the latest values.
+"""A replica's in-memory view of one run: detector state, open episodes, commands, and the latest values.
 
 This is a cache. The store holds the truth; a replica that meets a run for the first time rebuilds its
-view from the run's last ``window`` records and its open events (see :meth:`RunState.load`).
+view from the run's last ``window`` records, its open events and its commands (see :meth:`RunState.load`).
+Ingest reads and changes it on the event loop only, so a request never waits for a database read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+import numpy as np
+
+from nanwatch.columns import StepColumns
 from nanwatch_service.detectors import SEVERITY_RANK, EpisodeTracker, Finding, Pipeline
 from nanwatch_service.store import Store
+from nanwatch_service.store.chunks import StoredChunk
 
 EventKey = tuple[str, str | None]
-RecordKey = tuple[str, int, float | None]
-RECENT_KEYS = 50_000
+RECENT_KEYS: Final = 4096
+"""Records remembered per run to drop a re-sent batch (a client re-sends at most its last batch, ≤ 512)."""
+
+
+class RecentKeys:
+    """The last ``size`` records of a run by (attempt, step, wall time), as a ring of 64-bit hashes: a
+    re-sent batch (its reply was lost; the client delivers at least once) is recognised and stored once."""
+
+    def __init__(self, size: int = RECENT_KEYS) -> None:
+        self._ring = np.zeros(size, dtype=np.int64)
+        self._used = 0
+        self._next = 0
+
+    def fresh(self, attempt: str, columns: StepColumns) -> np.ndarray:
+        """A mask of the records not seen before; remembers them."""
+        wall, present = columns.scalar("wall_time")
+        times = [w if p else None for w, p in zip(wall.tolist(), present.tolist(), strict=True)]
+        keys = np.array(
+            [hash((attempt, s, t)) for s, t in zip(columns.steps.tolist(), times, strict=True)], dtype=np.int64
+        )
+        _, first = np.unique(keys, return_index=True)  # a batch that repeats a record holds it once
+        fresh = np.zeros(len(keys), dtype=bool)
+        fresh[first] = True
+        fresh &= ~np.isin(keys, self._ring[: self._used])
+        self._remember(keys[fresh])
+        return fresh
+
+    def _remember(self, keys: np.ndarray) -> None:
+        for key in keys[-len(self._ring) :].tolist():
+            self._ring[self._next] = key
+            self._next = (self._next + 1) % len(self._ring)
+        self._used = min(len(self._ring), self._used + len(keys))
 
 
 @dataclass
@@ -36,8 +71,11 @@ class RunState:
     grad_norm: float | None = None
     open_events: dict[EventKey, dict[str, Any]] = field(default_factory=dict)
     events_total: Counter[tuple[str, str]] = field(default_factory=Counter)
-    recent_keys: dict[RecordKey, None] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Commands not yet acknowledged, and the latest halt (acknowledged or not), by id."""
+    recent: RecentKeys = field(default_factory=RecentKeys)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while one request of this run is decided, so that the run's requests are taken in order."""
 
     @classmethod
     def load(cls, store: Store, row: dict[str, Any], *, horizon: int, window: int) -> RunState:
@@ -53,13 +91,27 @@ class RunState:
             last_seen=row["last_seen"],
             last_step=row["last_step"],
         )
-        history = store.recent_records(row["run_id"], window)
-        state.pipeline.warm(history)
-        state.remember(history)
+        state._replay(store.recent_chunks(row["run_id"], window), window)
         for event in store.list_events(row["run_id"], state="open", limit=10_000):
             state.open_events[(event["detector"], event["layer"])] = event
         state.tracker.update([], [_finding_of(event) for event in state.open_events.values()])
+        latest_halt = store.active_halt(row["run_id"])
+        for command in [*([latest_halt] if latest_halt else []), *store.pending_commands(row["run_id"])]:
+            state.commands[command["id"]] = command
         return state
+
+    def _replay(self, chunks: list[StoredChunk], window: int) -> None:
+        for chunk in chunks:
+            self.recent.fresh(chunk.attempt, chunk.columns)
+        history = StepColumns.concat([chunk.columns for chunk in chunks], n_layers=self.n_layers)
+        history = history.take(slice(max(0, history.n - window), None))
+        self.pipeline.warm(history)
+        self.remember(history)
+
+    @property
+    def n_layers(self) -> int:
+        """Entries in each per-layer statistic: the registered layer table's length."""
+        return len(self.spec.get("layers", []))
 
     @property
     def health(self) -> str:
@@ -72,25 +124,20 @@ class RunState:
         """The detectors' current forecast (+inf when nothing is heading to a non-finite value)."""
         return self.pipeline.steps_to_nonfinite
 
-    def unseen(self, attempt: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Drop records this replica already stored: the same attempt, step and wall time is a re-send
-        of a request whose reply was lost (the client delivers at least once)."""
-        fresh = []
-        for record in records:
-            key = (attempt, record["step"], record.get("wall_time"))
-            if key not in self.recent_keys:
-                self.recent_keys[key] = None
-                fresh.append(record)
-        for _ in range(len(self.recent_keys) - RECENT_KEYS):
-            del self.recent_keys[next(iter(self.recent_keys))]
-        return fresh
+    @property
+    def latest_halt(self) -> dict[str, Any] | None:
+        """The run's latest halt command, acknowledged or not."""
+        halts = [c for c in self.commands.values() if c["action"] == "halt"]
+        return max(halts, key=lambda c: c["created_at"], default=None)
 
-    def remember(self, records: list[dict[str, Any]]) -> None:
+    def remember(self, columns: StepColumns) -> None:
         """Keep the latest step, loss and grad norm for the metrics."""
-        for record in records[-1:]:
-            self.last_step = record["step"]
-            self.loss = record.get("loss", self.loss)
-            self.grad_norm = record.get("grad_norm", self.grad_norm)
+        if not columns.n:
+            return
+        [record] = columns.take(slice(columns.n - 1, None)).records()
+        self.last_step = record["step"]
+        self.loss = record.get("loss", self.loss)
+        self.grad_norm = record.get("grad_norm", self.grad_norm)
 
     def exported(self, now: float, stale_after_s: float) -> bool:
         """Whether Prometheus should see this run: not finished and not silent."""
@@ -116,6 +163,13 @@ def event_from(finding: Finding) -> dict[str, Any]:
         "steps_to_nonfinite": _forecast(finding),
         "severity_steps": {finding.severity: finding.step},
     }
+
+
+def snapshot(event: dict[str, Any]) -> dict[str, Any]:
+    """An event's fields as they are now, for the store (the live dict keeps changing)."""
+    copied = {k: v for k, v in event.items() if k != "id"}
+    copied["severity_steps"] = dict(event.get("severity_steps", {}))
+    return copied
 
 
 def worsen(event: dict[str, Any], finding: Finding) -> bool:

@@ -29,6 +29,8 @@ class Settings:
     """Steps of history a detector keeps (and a replica reloads from the store)."""
     redelivery_s: float = 30.0
     """A delivered command not acknowledged after this long is delivered again."""
+    command_poll_s: float = 1.0
+    """On PostgreSQL, how often a replica looks for halts that another replica issued to its runs."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

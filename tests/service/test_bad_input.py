@@ -40,7 +40,7 @@ BAD_BATCHES = [
     ({"records": "many"}, "records"),
     ({"records": [], "dropped": -2}, "dropped"),
     ({"records": [], "acks": [{"id": "x"}]}, "acks[0].step"),
-    ({"records": [], "protocol": 2}, "protocol"),
+    ({"records": [], "protocol": 3}, "protocol"),
     ({"records": [], "attempt": "bad attempt!"}, "attempt"),
 ]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
 from nanwatch_service.api.codec import error_detail, read_message, respond
@@ -21,7 +20,7 @@ async def alertmanager_webhook(request: Request, engine: EngineDep, settings: Se
     """Halt every run named by a firing alert; report which were halted and which were skipped."""
     message = await read_message(request, settings.max_body_bytes)
     alerts = _firing_alerts(message)
-    outcome = await run_in_threadpool(_halt_all, engine, alerts)
+    outcome = await _halt_all(engine, alerts)
     return respond(request, outcome)
 
 
@@ -34,7 +33,7 @@ def _firing_alerts(message: Any) -> list[dict[str, Any]]:
     return [a for a in alerts if a.get("status", message.get("status")) == "firing"]
 
 
-def _halt_all(engine: Engine, alerts: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+async def _halt_all(engine: Engine, alerts: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     halted: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for alert in alerts:
@@ -44,7 +43,7 @@ def _halt_all(engine: Engine, alerts: list[dict[str, Any]]) -> dict[str, list[di
             skipped.append({"alertname": labels.get("alertname"), "why": "no valid run_id label"})
             continue
         try:
-            command, created = engine.halt(run_id, reason=_reason(alert), source="alertmanager")
+            command, created = await engine.halt(run_id, reason=_reason(alert), source="alertmanager")
         except UnknownRun:
             skipped.append({"run_id": run_id, "why": "unknown run"})
             continue

@@ -1,29 +1,86 @@
 """The Store protocol: what the service needs from a database, and nothing more.
 
-Every table is keyed by ``run_id`` first so that the history can be sharded by run unchanged. Writes
-happen inside ``with store.transaction():`` — one transaction per ingest request, committed before the
-reply leaves, so whatever the service acknowledged survives a SIGKILL.
+Every table is keyed by ``run_id`` first so that the history can be sharded by run unchanged. Ingest writes
+arrive as :class:`IngestWrite` values, many at a time (group commit): :meth:`Store.write_ingest` persists
+them inside one ``with store.transaction():``, committed before any of their replies leaves, so whatever
+the service acknowledged survives a SIGKILL.
 
-Step records and event details are stored as msgpack blobs: SQLite turns a NaN in a REAL column into
-NULL, and a blob keeps every float bit for bit.
+Step history is stored in chunks of packed columns (see ``store.chunks``); event details and run specs are
+msgpack blobs: SQLite turns a NaN in a REAL column into NULL, and a blob keeps every float bit for bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import numpy as np
+
+from nanwatch.columns import StepColumns
+from nanwatch_service.store.chunks import StoredChunk
 
 RUN_STATUSES = ("running", "halted", "finished", "stale")
 HEALTHS = ("ok", "warning", "critical")
+
+
+BIGGEST: Final = 2**62
+"""Query parameters are clamped to ±this: a huge integer from a URL must not overflow the database."""
+
+
+def clamp(value: int) -> int:
+    """``value`` within ±``BIGGEST``."""
+    return max(-BIGGEST, min(BIGGEST, value))
 
 
 class StoreError(RuntimeError):
     """The database failed or is unreachable."""
 
 
+@dataclass(frozen=True)
+class RunProgress:
+    """What one ingest request changes on its run's row. ``status`` None leaves the status as it is (a
+    request changes it only when the job finishes or acknowledges a halt)."""
+
+    last_seen: float
+    last_step: int | None
+    health: str
+    steps_to_nonfinite: float
+    stored: int
+    dropped: int
+    attempt: str
+    status: str | None = None
+    halt: dict[str, Any] | None = None
+
+
+@dataclass
+class IngestWrite:
+    """Everything one ingest request persists, decided before it is written.
+
+    Events are the engine's live dicts paired with a snapshot of their fields taken when the request was
+    processed: :meth:`Store.write_ingest` writes the snapshot and sets the live dict's ``id`` when it
+    inserts one, so a later request's update of the same event (written after it) finds the id.
+    """
+
+    run_id: str
+    attempt: str
+    received_at: float
+    columns: StepColumns
+    progress: RunProgress | None = None
+    new_events: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    changed_events: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    new_commands: list[dict[str, Any]] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+    acks: list[tuple[str, int]] = field(default_factory=list)
+
+
 class Store(Protocol):
     """Persistence for runs, step history, events and commands."""
+
+    shared: bool
+    """Whether several replicas may share this store (PostgreSQL), so that another replica's commands
+    reach this one only through the database."""
 
     def transaction(self) -> AbstractContextManager[None]:
         """Group writes; commit on success, roll back on an exception."""
@@ -44,25 +101,41 @@ class Store(Protocol):
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set run columns: last_seen, last_step, status, health, steps_to_nonfinite, halt, counters."""
 
-    def count_records(self, run_id: str, *, stored: int, dropped: int) -> None:
-        """Add ``stored`` records to the run's count; raise its client drop count to ``dropped``."""
-
     def list_runs(
         self, *, status: str | None, team: str | None, stale_before: float, limit: int, offset: int
     ) -> list[dict[str, Any]]:
         """Runs, newest first; ``stale_before`` is the last_seen cut-off that makes a running run stale."""
 
+    # ingest
+    def write_ingest(self, writes: Sequence[IngestWrite]) -> None:
+        """Persist ``writes`` in order, inside the caller's transaction: one chunk per write with records,
+        one row update per write (counters added in SQL, so concurrent replicas never lose an increment;
+        the drop count only rises), its events, its new commands, deliveries and acknowledgements."""
+
     # steps
-    def insert_steps(self, run_id: str, attempt: str, records: Sequence[dict[str, Any]], now: float) -> None:
-        """Append records; a re-sent step is a new row, distinguishable by ``attempt`` and ``seq``."""
-
     def read_steps(
-        self, run_id: str, *, start: int | None, end: int | None, attempt: str | None, after_seq: int, limit: int
+        self,
+        run_id: str,
+        *,
+        start: int | None,
+        end: int | None,
+        attempt: str | None,
+        after_seq: int,
+        limit: int,
+        fields: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows ``{seq, attempt, received_at, record}`` ordered by seq."""
+        """Rows ``{seq, attempt, received_at, record}`` ordered by seq; ``fields`` keeps only those record
+        fields (``step`` always; ``layers`` for every per-layer statistic)."""
 
-    def recent_records(self, run_id: str, n: int) -> list[dict[str, Any]]:
-        """The run's last ``n`` records in arrival order (to rebuild detector state)."""
+    def recent_chunks(self, run_id: str, n: int) -> list[StoredChunk]:
+        """The chunks that hold the run's last ``n`` records, oldest first."""
+
+    def read_series(
+        self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Steps (int64, arrival order) and, per field, float64 values: ``(n,)`` for a scalar (``loss``),
+        ``(n, n_layers)`` for a per-layer statistic named ``layers.<name>`` (``layers.grad_norm``); NaN
+        where a record lacks it. Per-layer blobs are read only when a per-layer field is asked for."""
 
     # events
     def insert_event(self, run_id: str, event: dict[str, Any]) -> int:
@@ -85,16 +158,20 @@ class Store(Protocol):
 
     # commands
     def insert_command(self, run_id: str, command: dict[str, Any]) -> None:
-        """Queue a command for the run's next ingest reply."""
+        """Queue a command for the run."""
 
     def active_halt(self, run_id: str) -> dict[str, Any] | None:
         """The latest halt command, acknowledged or not, or None."""
 
-    def deliverable_commands(self, run_id: str, now: float, redelivery_s: float) -> list[dict[str, Any]]:
-        """Unacknowledged commands never delivered, or delivered over ``redelivery_s`` ago; marks them."""
+    def pending_commands(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's commands not yet acknowledged, oldest first."""
 
-    def ack_command(self, run_id: str, command_id: str, step: int, now: float) -> dict[str, Any] | None:
-        """Record the step a command was applied at; the command, or None if unknown."""
+    def get_command(self, run_id: str, command_id: str) -> dict[str, Any] | None:
+        """One command of the run, or None."""
+
+    def unacked_commands(self) -> list[dict[str, Any]]:
+        """Every command not yet acknowledged, with its ``run_id`` (how a replica learns of the halts
+        another replica issued)."""
 
 
 def rows_to_dicts(columns: Sequence[str], rows: Iterator[Sequence[Any]] | list[Any]) -> list[dict[str, Any]]:
