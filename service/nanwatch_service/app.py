@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 import nanwatch
@@ -61,5 +61,5 @@ def _add_handlers(app: FastAPI) -> None:
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus exposition of run-level and service metrics."""
-        body = await run_in_threadpool(generate_latest, app.state.metrics.registry)
+        body = await run_in_threadpool(app.state.metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -38,6 +38,8 @@ class Engine:
         self._states_lock = threading.Lock()
         self.on_records: Callable[[int], None] = lambda n: None
         self.on_halt: Callable[[str], None] = lambda source: None
+        self.on_commit: Callable[[float], None] = lambda seconds: None
+        """Called with the seconds each ingest transaction took, writes and commit (the store latency)."""
 
     # ------------------------------------------------------------------ runs
     def register(self, run_id: str, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -104,6 +106,7 @@ class Engine:
         records = state.unseen(batch["attempt"], batch["records"])
         findings = state.pipeline.process(records) if records else []
         changes = state.tracker.update([r["step"] for r in records], findings)
+        started = time.perf_counter()
         with self.store.transaction():
             self.store.insert_steps(state.run_id, batch["attempt"], records, now)
             for ack in batch["acks"]:
@@ -115,7 +118,9 @@ class Engine:
             if batch["final"] and state.status == "running":
                 state.status = "finished"
             self._save_state(state, batch, len(records), now)
-            return self.store.deliverable_commands(state.run_id, now, self.settings.redelivery_s)
+            commands = self.store.deliverable_commands(state.run_id, now, self.settings.redelivery_s)
+        self.on_commit(time.perf_counter() - started)
+        return commands
 
     def _save_state(self, state: RunState, batch: dict[str, Any], stored: int, now: float) -> None:
         self.store.count_records(state.run_id, stored=stored, dropped=batch["dropped"])

@@ -6,18 +6,24 @@ view from the run's last ``window`` records and its open events (see :meth:`RunS
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from nanwatch_service.detectors import SEVERITY_RANK, EpisodeTracker, Finding, Pipeline
+from nanwatch_service.detectors.run_info import RunInfo
 from nanwatch_service.store import Store
 
 EventKey = tuple[str, str | None]
 RecordKey = tuple[str, int, float | None]
 RECENT_KEYS = 50_000
+TOP_LAYERS: Final = 3
+"""Per-layer gradient norms kept for /metrics: the largest few, so a run exports at most this many
+per-layer series however deep its model is."""
 
 
 @dataclass
@@ -34,10 +40,23 @@ class RunState:
     last_step: int | None = None
     loss: float | None = None
     grad_norm: float | None = None
+    loss_scale: float | None = None
+    top_grad_norms: list[tuple[str, float]] = field(default_factory=list)
+    """``(layer, grad_norm)`` of the ``TOP_LAYERS`` layers with the largest gradient norm, largest first."""
+    act_max_abs: float | None = None
+    """Max |activation| of the layer closest to its dtype's largest value (the least headroom)."""
+    act_dtype_max: float | None = None
+    """The largest finite value of that layer's compute dtype."""
     open_events: dict[EventKey, dict[str, Any]] = field(default_factory=dict)
     events_total: Counter[tuple[str, str]] = field(default_factory=Counter)
     recent_keys: dict[RecordKey, None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        layers = RunInfo(self.spec)
+        self._layer_names = layers.names
+        self._weighted = [i for i, has in enumerate(layers.has_weights) if has]
+        self._act_limits = [float(limit) for limit in layers.act_limits]
 
     @classmethod
     def load(cls, store: Store, row: dict[str, Any], *, horizon: int, window: int) -> RunState:
@@ -85,12 +104,39 @@ class RunState:
             del self.recent_keys[next(iter(self.recent_keys))]
         return fresh
 
+    @property
+    def overflow_headroom(self) -> float | None:
+        """How many times the tightest layer's max |activation| fits below its dtype's limit."""
+        if self.act_max_abs is None or self.act_dtype_max is None:
+            return None
+        return self.act_dtype_max / self.act_max_abs if self.act_max_abs > 0 else math.inf
+
     def remember(self, records: list[dict[str, Any]]) -> None:
-        """Keep the latest step, loss and grad norm for the metrics."""
-        for record in records[-1:]:
-            self.last_step = record["step"]
-            self.loss = record.get("loss", self.loss)
-            self.grad_norm = record.get("grad_norm", self.grad_norm)
+        """Keep what /metrics exports, from the last record only: a value it lacks keeps the one before."""
+        if not records:
+            return
+        record = records[-1]
+        self.last_step = record["step"]
+        self.loss = record.get("loss", self.loss)
+        self.grad_norm = record.get("grad_norm", self.grad_norm)
+        self.loss_scale = record.get("loss_scale", self.loss_scale)
+        layers = record.get("layers") or {}
+        if "grad_norm" in layers:
+            self.top_grad_norms = self._largest_grad_norms(layers["grad_norm"])
+        if "act_max_abs" in layers:
+            self._remember_tightest_activation(layers["act_max_abs"])
+
+    def _largest_grad_norms(self, norms: Sequence[float]) -> list[tuple[str, float]]:
+        # A NaN norm is the most interesting of all: it ranks first.
+        top = heapq.nlargest(TOP_LAYERS, self._weighted, key=lambda i: norms[i] if norms[i] == norms[i] else math.inf)
+        return [(self._layer_names[i], norms[i]) for i in top]
+
+    def _remember_tightest_activation(self, max_abs: Sequence[float]) -> None:
+        # Not measured on this step (NaN, or zero on a layer without output) keeps the last measurement.
+        measured = [i for i, value in enumerate(max_abs) if value > 0]
+        if measured:
+            tightest = max(measured, key=lambda i: max_abs[i] / self._act_limits[i])
+            self.act_max_abs, self.act_dtype_max = max_abs[tightest], self._act_limits[tightest]
 
     def exported(self, now: float, stale_after_s: float) -> bool:
         """Whether Prometheus should see this run: not finished and not silent."""
