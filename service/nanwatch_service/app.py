@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 import nanwatch
+from nanwatch_service.alerts import AlertLedger
 from nanwatch_service.api import ROUTERS
 from nanwatch_service.engine import Engine, UnknownRun
 from nanwatch_service.metrics import ServiceMetrics
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics(CollectorRegistry())
+    app.state.alert_ledger = AlertLedger()
     for router in ROUTERS:
         app.include_router(router)
     _add_handlers(app)
