@@ -181,6 +181,7 @@ def _alert_doc(alert: Alert) -> dict[str, Any]:
         "starts_at": alert.starts_at,
         "ends_at": alert.ends_at,
         "labels": dict(alert.labels),
+        "annotations": dict(alert.annotations),
     }
 
 

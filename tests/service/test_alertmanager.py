@@ -68,6 +68,7 @@ def test_repeated_deliveries_halt_once_and_are_recorded_once(service: Service) -
     [event] = _alert_events(service, "repeat")
     assert event["severity"] == "info" and event["state"] == "closed"
     assert event["alert"]["status"] == "firing" and event["alert"]["starts_at"] == STARTED
+    assert event["alert"]["annotations"]["runbook"] == event["remedy"] == "read the events"
     assert len(_commands(service, "repeat", range(1, 4))) == 1
 
 
