@@ -9,7 +9,6 @@ the rewrite must be reversible). The binaries come from Debian's ``prometheus`` 
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import ChildProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
@@ -47,37 +46,17 @@ def rewrite_hosts(text: str, hosts: Mapping[str, str]) -> str:
     return rewritten
 
 
-class Daemon:
-    """A server binary in a child process with its output in a log file; ready once ``/-/ready`` answers."""
+class Daemon(ChildProcess):
+    """Prometheus or Alertmanager in a child process; ready once ``/-/ready`` answers."""
 
     def __init__(self, name: str, args: list[str], port: int, log: Path) -> None:
-        self.name, self.args, self.port, self.log = name, args, port, log
+        self.args, self.port = args, port
         self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(name, f"{self.url}/-/ready", log)
 
     def start(self) -> Daemon:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._ready, timeout=60, what=f"{self.name} on {self.url}")
+        self.start_process(self.args)
         return self
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
 
 
 def prometheus(tmp: Path, nanwatch_port: int, alertmanager_port: int) -> Daemon:
