@@ -132,7 +132,8 @@ class RunState:
         return [(self._layer_names[i], norms[i]) for i in top]
 
     def _remember_tightest_activation(self, max_abs: Sequence[float]) -> None:
-        # Not measured on this step (NaN, or zero on a layer without output) keeps the last measurement.
+        # NaN (not measured on this step) and 0 (nothing to overflow) are left out; with no layer left, the
+        # last measurement stays.
         measured = [i for i, value in enumerate(max_abs) if value > 0]
         if measured:
             tightest = max(measured, key=lambda i: max_abs[i] / self._act_limits[i])

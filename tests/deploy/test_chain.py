@@ -189,7 +189,7 @@ def test_the_chain_halts_a_diverging_job_before_its_first_nonfinite_value(
     assert run["status"] == "halted" and run["halt"]["acked_step"] == job.halt.step
     assert calm.halt is None and calm_run["halt"] is None
     assert chain.api.query(f'ALERTS{{run_id="{calm.run_id}"}}[1h]', at=ended) == [], "an alert fired on the healthy run"
-    _check_links(client_url=chain.service.url, alert=firing[0]["alert"], run_id=job.run_id)
+    _check_links(chain.service.url, alert=firing[0]["alert"], run_id=job.run_id)
     empty = _empty_queries(chain.api, {"team": TEAM, "run_id": job.run_id}, started, ended)
     assert not empty, "queries that returned no data:\n" + "\n".join(empty)
 
@@ -206,7 +206,7 @@ def _hop_table(api: PrometheusApi, job: Job, event: dict[str, Any], ended: float
     hops = [
         (f"record sent (step {int(step)})", job.sent[int(step)]),
         (f"sample scraped (step {int(step)})", scraped_at),
-        *([("alert pending", pending[0][0])] if pending else []),
+        ("alert pending" if pending else "alert pending (none: for 0s fires at once)", (pending or firing)[0][0]),
         (f"alert firing ({alert['name']})", firing_at),
         ("notification received by the webhook", alert["received_at"]),
         (f"halt delivered to the job (step {job.halt.step})", job.halted_at),
@@ -228,12 +228,12 @@ def _raw(api: PrometheusApi, expr: str, at: float) -> list[tuple[float, float]]:
     return [(float(t), float(v)) for row in result for t, v in row["values"]]
 
 
-def _check_links(client_url: str, alert: dict[str, Any], run_id: str) -> None:
+def _check_links(service_url: str, alert: dict[str, Any], run_id: str) -> None:
     """The alert's links open the run dashboard and, host aside, the run's REST page."""
     annotations = alert["annotations"]
     assert "/d/nanwatch-run/" in annotations["dashboard"] and f"var-run_id={run_id}" in annotations["dashboard"]
     path = "/" + annotations["run"].split("/", 3)[3]
-    page = httpx.get(client_url + path, timeout=30)
+    page = httpx.get(service_url + path, timeout=30)
     assert page.status_code == 200 and page.json()["run_id"] == run_id, annotations["run"]
     uids = {json.loads(path.read_text())["uid"] for path in DASHBOARDS}
     assert "nanwatch-run" in uids
