@@ -49,8 +49,9 @@ class Engine:
         self._loading: dict[str, asyncio.Future[RunState]] = {}
         self.on_records: Callable[[int], None] = lambda n: None
         self.on_halt: Callable[[str], None] = lambda source: None
-        self.committer = GroupCommitter(store, on_commit=lambda seconds: self.on_commit(seconds))
         self.on_commit: Callable[[float], None] = lambda seconds: None
+        """Called with the seconds each group commit took, writes and commit (the store latency)."""
+        self.committer = GroupCommitter(store, on_commit=lambda seconds: self.on_commit(seconds))
 
     def start(self) -> None:
         """Start writing (the app's lifespan calls it)."""

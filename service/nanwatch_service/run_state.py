@@ -8,8 +8,10 @@ Ingest reads and changes it on the event loop only, so a request never waits for
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -21,6 +23,9 @@ from nanwatch_service.store import Store
 from nanwatch_service.store.chunks import StoredChunk
 
 EventKey = tuple[str, str | None]
+TOP_LAYERS: Final = 3
+"""Per-layer gradient norms kept for /metrics: the largest few, so a run exports at most this many
+per-layer series however deep its model is."""
 RECENT_KEYS: Final = 4096
 """Records remembered per run to drop a re-sent batch (a client re-sends at most its last batch, ≤ 512)."""
 
@@ -69,6 +74,13 @@ class RunState:
     last_step: int | None = None
     loss: float | None = None
     grad_norm: float | None = None
+    loss_scale: float | None = None
+    top_grad_norms: list[tuple[str, float]] = field(default_factory=list)
+    """``(layer, grad_norm)`` of the ``TOP_LAYERS`` layers with the largest gradient norm, largest first."""
+    act_max_abs: float | None = None
+    """Max |activation| of the layer closest to its dtype's largest value (the least headroom)."""
+    act_dtype_max: float | None = None
+    """The largest finite value of that layer's compute dtype."""
     open_events: dict[EventKey, dict[str, Any]] = field(default_factory=dict)
     events_total: Counter[tuple[str, str]] = field(default_factory=Counter)
     commands: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -76,6 +88,12 @@ class RunState:
     recent: RecentKeys = field(default_factory=RecentKeys)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while one request of this run is decided, so that the run's requests are taken in order."""
+
+    def __post_init__(self) -> None:
+        layers = self.pipeline.run
+        self._layer_names = layers.names
+        self._weighted = [i for i, has in enumerate(layers.has_weights) if has]
+        self._act_limits = [float(limit) for limit in layers.act_limits]
 
     @classmethod
     def load(cls, store: Store, row: dict[str, Any], *, horizon: int, window: int) -> RunState:
@@ -130,14 +148,40 @@ class RunState:
         halts = [c for c in self.commands.values() if c["action"] == "halt"]
         return max(halts, key=lambda c: c["created_at"], default=None)
 
+    @property
+    def overflow_headroom(self) -> float | None:
+        """How many times the tightest layer's max |activation| fits below its dtype's limit."""
+        if self.act_max_abs is None or self.act_dtype_max is None:
+            return None
+        return self.act_dtype_max / self.act_max_abs if self.act_max_abs > 0 else math.inf
+
     def remember(self, columns: StepColumns) -> None:
-        """Keep the latest step, loss and grad norm for the metrics."""
+        """Keep what /metrics exports, from the last record only: a value it lacks keeps the one before."""
         if not columns.n:
             return
         [record] = columns.take(slice(columns.n - 1, None)).records()
         self.last_step = record["step"]
         self.loss = record.get("loss", self.loss)
         self.grad_norm = record.get("grad_norm", self.grad_norm)
+        self.loss_scale = record.get("loss_scale", self.loss_scale)
+        layers = record.get("layers") or {}
+        if "grad_norm" in layers:
+            self.top_grad_norms = self._largest_grad_norms(layers["grad_norm"])
+        if "act_max_abs" in layers:
+            self._remember_tightest_activation(layers["act_max_abs"])
+
+    def _largest_grad_norms(self, norms: Sequence[float]) -> list[tuple[str, float]]:
+        # A NaN norm is the most interesting of all: it ranks first.
+        top = heapq.nlargest(TOP_LAYERS, self._weighted, key=lambda i: norms[i] if norms[i] == norms[i] else math.inf)
+        return [(self._layer_names[i], norms[i]) for i in top]
+
+    def _remember_tightest_activation(self, max_abs: Sequence[float]) -> None:
+        # NaN (not measured on this step) and 0 (nothing to overflow) are left out; with no layer left, the
+        # last measurement stays.
+        measured = [i for i, value in enumerate(max_abs) if value > 0]
+        if measured:
+            tightest = max(measured, key=lambda i: max_abs[i] / self._act_limits[i])
+            self.act_max_abs, self.act_dtype_max = max_abs[tightest], self._act_limits[tightest]
 
     def exported(self, now: float, stale_after_s: float) -> bool:
         """Whether Prometheus should see this run: not finished and not silent."""

@@ -20,6 +20,9 @@ class Settings:
     """``postgresql://...`` to share state between replicas."""
     token: str | None = None
     """When set, writes (register, ingest, halt, webhook) need ``Authorization: Bearer <token>``."""
+    webhook_token: str | None = None
+    """When set, the Alertmanager webhook also takes this token, which opens nothing else; the webhook then
+    needs a token even when ``token`` is unset. Alertmanager reads it from a credentials file."""
     max_body_bytes: int = 16 * 1024 * 1024
     stale_after_s: float = 300.0
     """A running run silent for this long reads as ``stale`` and stops being exported to Prometheus."""
