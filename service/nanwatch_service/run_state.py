@@ -32,32 +32,50 @@ RECENT_KEYS: Final = 4096
 
 class RecentKeys:
     """The last ``size`` records of a run by (attempt, step, wall time), as a ring of 64-bit hashes: a
-    re-sent batch (its reply was lost; the client delivers at least once) is recognised and stored once."""
+    re-sent batch (its reply was lost; the client delivers at least once) is recognised and stored once.
+
+    A batch whose steps rise and all lie past the highest step seen from its attempt (the usual case)
+    holds nothing seen before, and is only remembered.
+    """
 
     def __init__(self, size: int = RECENT_KEYS) -> None:
         self._ring = np.zeros(size, dtype=np.int64)
         self._used = 0
         self._next = 0
+        self._highest: dict[str, int] = {}
 
     def fresh(self, attempt: str, columns: StepColumns) -> np.ndarray:
         """A mask of the records not seen before; remembers them."""
-        wall, present = columns.scalar("wall_time")
-        times = [w if p else None for w, p in zip(wall.tolist(), present.tolist(), strict=True)]
-        keys = np.array(
-            [hash((attempt, s, t)) for s, t in zip(columns.steps.tolist(), times, strict=True)], dtype=np.int64
-        )
-        _, first = np.unique(keys, return_index=True)  # a batch that repeats a record holds it once
-        fresh = np.zeros(len(keys), dtype=bool)
-        fresh[first] = True
-        fresh &= ~np.isin(keys, self._ring[: self._used])
+        steps = columns.steps
+        keys = self._keys(attempt, columns)
+        if len(steps) and steps[0] > self._highest.get(attempt, -1) and (np.diff(steps) > 0).all():
+            fresh = np.ones(len(keys), dtype=bool)
+        else:
+            _, first = np.unique(keys, return_index=True)  # a batch that repeats a record holds it once
+            fresh = np.zeros(len(keys), dtype=bool)
+            fresh[first] = True
+            fresh &= ~np.isin(keys, self._ring[: self._used])
         self._remember(keys[fresh])
+        if len(steps):
+            self._highest[attempt] = max(self._highest.get(attempt, -1), int(steps.max()))
+            while len(self._highest) > 64:  # attempts of a resumed job come one after the other
+                del self._highest[next(iter(self._highest))]
         return fresh
 
+    @staticmethod
+    def _keys(attempt: str, columns: StepColumns) -> np.ndarray:
+        wall, present = columns.scalar("wall_time")
+        times = [w if p else None for w, p in zip(wall.tolist(), present.tolist(), strict=True)]
+        steps = columns.steps.tolist()
+        return np.array([hash((attempt, s, t)) for s, t in zip(steps, times, strict=True)], dtype=np.int64)
+
     def _remember(self, keys: np.ndarray) -> None:
-        for key in keys[-len(self._ring) :].tolist():
-            self._ring[self._next] = key
-            self._next = (self._next + 1) % len(self._ring)
-        self._used = min(len(self._ring), self._used + len(keys))
+        size = len(self._ring)
+        keys = keys[-size:]
+        slots = (self._next + np.arange(len(keys))) % size
+        self._ring[slots] = keys
+        self._next = (self._next + len(keys)) % size
+        self._used = min(size, self._used + len(keys))
 
 
 @dataclass
