@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -94,6 +96,24 @@ def collect_tensorflow_garbage(request: pytest.FixtureRequest) -> Iterator[None]
     yield
     if request.node.get_closest_marker("tf") and "fresh_keras" not in request.fixturenames:
         gc.collect()
+
+
+PG_URL = os.environ.get("NANWATCH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+"""The test PostgreSQL database; each test that uses it gets a schema of its own (``pg_url``)."""
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the test PostgreSQL database, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    schema = f"nw_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}?options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture

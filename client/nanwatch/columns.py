@@ -45,12 +45,12 @@ class StepColumns:
     layers: FloatArray
     present: BoolArray | None = None
 
-    @property
+    @cached_property
     def n(self) -> int:
         """Records in the batch."""
         return len(self.steps)
 
-    @property
+    @cached_property
     def n_layers(self) -> int:
         """Layers each per-layer statistic covers."""
         return int(self.layers.shape[1])

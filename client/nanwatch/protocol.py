@@ -431,12 +431,13 @@ def _names(value: Any, field: str, known: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _n_layers(value: Any, expected: int | None, needed: bool) -> int:
-    if value is None:
-        if needed:
-            raise ProtocolError("n_layers", "required with layer_stats")
+    """The layer count of the batch's statistics: the run's table length when the batch carries none."""
+    if not needed:
         return expected or 0
+    if value is None:
+        raise ProtocolError("n_layers", "required with layer_stats")
     width = _int(value, "n_layers", minimum=0)
-    if needed and expected is not None and width != expected:
+    if expected is not None and width != expected:
         raise ProtocolError("n_layers", f"the run's layer table has {expected} layers, the batch {width}")
     return width
 

@@ -13,13 +13,12 @@ import math
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nanwatch import protocol
+from nanwatch.transport import HttpTransport, Request
 from nanwatch_service.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -77,12 +76,11 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    import uvicorn
-
     from nanwatch_service.app import create_app
+    from nanwatch_service.local import server
 
     settings = Settings.from_env(environ, host=args.host, port=args.port, db=args.db, database_url=args.database_url)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    server(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level).run()
     return 0
 
 
@@ -167,23 +165,22 @@ def _finite(finite: bool) -> str:
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    headers = {"Accept": protocol.JSON}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
-    data = None if body is None else protocol.dumps(body, protocol.JSON)
-    if data is not None:
-        headers["Content-Type"] = protocol.JSON
-    request = urllib.request.Request(args.url.rstrip("/") + path, data=data, headers=headers, method=method)
+    """One request through the client's transport (the one the Monitor uses); the decoded JSON answer."""
+    transport = HttpTransport(args.url, token=args.token, user_agent="nanwatch-cli")
+    headers = {"Accept": protocol.JSON, **({"Content-Type": protocol.JSON} if body is not None else {})}
+    data = b"" if body is None else protocol.dumps(body, protocol.JSON)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise CliError(f"{method} {path} → {exc.code}: {exc.read().decode(errors='replace')}") from None
-    except (urllib.error.URLError, OSError) as exc:
+        reply = transport.request(Request(method, path, data, headers, timeout=10))
+    finally:
+        transport.close()
+    if reply.status == 0:
         raise CliError(
-            f"cannot reach the service at {args.url} ({exc}); start it with `nanwatch serve`"
+            f"cannot reach the service at {args.url} ({reply.error}); start it with `nanwatch serve`"
             " or set --url / NANWATCH_URL"
-        ) from None
+        )
+    if not reply.ok:
+        raise CliError(f"{method} {path} → {reply.status}: {reply.body.decode(errors='replace')}")
+    return json.loads(reply.body)
 
 
 def _quote(run_id: str) -> str:

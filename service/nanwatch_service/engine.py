@@ -11,6 +11,7 @@ carried the offending record, and every acknowledged record is durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,9 @@ class Engine:
         self._states: dict[str, RunState] = {}
         self._states_lock = threading.Lock()
         self._loading: dict[str, asyncio.Future[RunState]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._releasing = False
         self.on_records: Callable[[int], None] = lambda n: None
         self.on_halt: Callable[[str], None] = lambda source: None
         self.on_commit: Callable[[float], None] = lambda seconds: None
@@ -54,7 +58,8 @@ class Engine:
         self.committer = GroupCommitter(store, on_commit=lambda seconds: self.on_commit(seconds))
 
     def start(self) -> None:
-        """Start writing (the app's lifespan calls it)."""
+        """Start writing (the app's lifespan calls it, on the event loop that serves the requests)."""
+        self._loop = asyncio.get_running_loop()
         self.committer.start()
 
     def close(self) -> None:
@@ -79,19 +84,21 @@ class Engine:
         row = self.store.get_run(run_id)
         if row is None:
             raise UnknownRun(run_id)
-        return self._view(row)
+        return self._view(row, self.store.pending_halts([run_id]).get(run_id))
 
     def list_runs(self, *, status: str | None, team: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
         """Runs, most recently seen first."""
         stale_before = self.clock() - self.settings.stale_after_s
         rows = self.store.list_runs(status=status, team=team, stale_before=stale_before, limit=limit, offset=offset)
-        return [self._view(row) for row in rows]
+        pending = self.store.pending_halts([row["run_id"] for row in rows]) if rows else {}
+        return [self._view(row, pending.get(row["run_id"])) for row in rows]
 
-    def _view(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _view(self, row: dict[str, Any], pending_halt: dict[str, Any] | None) -> dict[str, Any]:
         spec = row["spec"]
         status = row["status"]
         if status == "running" and self.clock() - row["last_seen"] > self.settings.stale_after_s:
             status = "stale"
+        halt = row["halt"] if pending_halt is None else _pending_doc(pending_halt)
         return {
             "run_id": row["run_id"],
             **{k: spec.get(k) for k in ("name", "team", "framework", "dtype_policy", "halt_on")},
@@ -105,7 +112,7 @@ class Engine:
             "attempt": row["last_attempt"],
             "created_at": row["created_at"],
             "last_seen": row["last_seen"],
-            "halt": row["halt"],
+            "halt": halt,
         }
 
     # ------------------------------------------------------------------ ingest
@@ -121,6 +128,8 @@ class Engine:
         except StoreError:
             self._forget(run_id)  # the detectors saw records the store did not keep
             raise
+        if write.new_commands:
+            state.wake()  # committed: the channels may hand it out
         self.on_records(batch.columns.n)
         return {"accepted": batch.columns.n, "commands": [wire_command(c) for c in deliver]}
 
@@ -130,7 +139,7 @@ class Engine:
         for command_id in unknown:
             command = await run_in_threadpool(self.store.get_command, state.run_id, command_id)
             if command is not None:
-                state.commands[command_id] = command
+                state.add_command(command)
 
     def _decide(self, state: RunState, batch: protocol.StepBatch) -> tuple[IngestWrite, list[dict[str, Any]]]:
         now = self.clock()
@@ -222,6 +231,33 @@ class Engine:
             write.delivered.append(command["id"])
         return due
 
+    # ------------------------------------------------------------------ command channel
+    async def wait_for_commands(self, run_id: str, *, known: frozenset[str], wait: float) -> list[dict[str, Any]]:
+        """The run's pending commands not in ``known``: at once when there are some, else as soon as one
+        exists, else none after ``wait`` seconds."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            state = await self.state(run_id)
+            pending = state.pending_commands(known)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if pending or remaining <= 0 or self._releasing:
+                return [wire_command(c) for c in pending]
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            state.waiters.add(woken)
+            try:
+                await asyncio.wait_for(woken, remaining)
+            except asyncio.TimeoutError:
+                return []
+            finally:
+                state.waiters.discard(woken)
+
+    def release_waiters(self) -> None:
+        """Answer every waiting command channel now and the next ones at once (the server is stopping:
+        the jobs poll again, elsewhere or later)."""
+        self._releasing = True
+        for state in self.states():
+            state.wake()
+
     # ------------------------------------------------------------------ operator halts
     async def halt(self, run_id: str, *, reason: str, source: str) -> tuple[dict[str, Any], bool]:
         """Queue a halt for the run's next ingest reply; idempotent while one is in force."""
@@ -237,7 +273,7 @@ class Engine:
         command, created = await run_in_threadpool(self._halt_in_store, run_id, reason, source)
         if created:
             if state is not None:
-                state.commands[command["id"]] = command
+                state.add_command(command)
             self.on_halt(source)
         return _public_command(command), created
 
@@ -257,24 +293,49 @@ class Engine:
 
     # ------------------------------------------------------------------ other replicas
     async def watch_commands(self) -> None:
-        """On a shared store, look every ``command_poll_s`` for commands another replica issued to the
-        runs held here, so that their next ingest reply delivers them."""
+        """On a shared store, hear at once of the commands another replica issues (the store's
+        notifications, PostgreSQL ``LISTEN``), and look every ``command_poll_s`` for them as well, so that
+        a missed notification (a dropped connection) delays a halt by a second at most."""
         if not self.store.shared:
             return
-        while True:
-            await asyncio.sleep(self.settings.command_poll_s)
-            try:
-                commands = await run_in_threadpool(self.store.unacked_commands)
-            except StoreError:
-                continue  # the next look retries; ingest reports the outage itself
-            self.learn_commands(commands)
+        loop = asyncio.get_running_loop()
+
+        def heard(run_id: str, command_id: str) -> None:  # on the store's listening thread
+            loop.call_soon_threadsafe(self._fetch_command, run_id, command_id)
+
+        stop_listening = self.store.listen_commands(heard)
+        try:
+            while True:
+                await asyncio.sleep(self.settings.command_poll_s)
+                try:
+                    commands = await run_in_threadpool(self.store.unacked_commands)
+                except StoreError:
+                    continue  # the next look retries; ingest reports the outage itself
+                self.learn_commands(commands)
+        finally:
+            stop_listening()
+
+    def _fetch_command(self, run_id: str, command_id: str) -> None:
+        state = self._states.get(run_id)
+        if state is None or command_id in state.commands:
+            return  # no job of this run talks to this replica, or it is known already
+
+        async def fetch() -> None:
+            with contextlib.suppress(StoreError):  # the poll finds it later
+                command = await run_in_threadpool(self.store.get_command, run_id, command_id)
+                if command is not None and command_id not in state.commands:
+                    state.add_command(command)
+
+        task = asyncio.ensure_future(fetch())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def learn_commands(self, commands: list[dict[str, Any]]) -> None:
         """Add commands issued elsewhere to the runs held here (those already known stay as they are)."""
         for command in commands:
             state = self._states.get(command["run_id"])
             if state is not None and command["id"] not in state.commands:
-                state.commands[command["id"]] = {k: v for k, v in command.items() if k != "run_id"}
+                state.add_command({k: v for k, v in command.items() if k != "run_id"})
 
     # ------------------------------------------------------------------ cache
     async def state(self, run_id: str) -> RunState:
@@ -305,16 +366,27 @@ class Engine:
 
     def _forget(self, run_id: str) -> None:
         with self._states_lock:
-            self._states.pop(run_id, None)
+            state = self._states.pop(run_id, None)
+        if state is not None and self._loop is not None:  # its channels look again, at what replaces it
+            self._loop.call_soon_threadsafe(state.wake)
 
 
 def _halt_doc(command: dict[str, Any]) -> dict[str, Any]:
+    """A run's halt once the job acknowledged it: where it really stopped."""
+    return {**_pending_doc(command), "state": "acknowledged"}
+
+
+def _pending_doc(command: dict[str, Any]) -> dict[str, Any]:
+    """A run's halt from the moment it exists: who sent it, why, when, and where the job must stop."""
     return {
         "command_id": command["id"],
+        "state": "pending",
         "reason": command["reason"],
         "source": command["source"],
         "step": command["step"],
         "at_step": command["at_step"],
+        "created_at": command["created_at"],
+        "delivered_at": command.get("delivered_at"),
         "acked_step": command["acked_step"],
         "acked_at": command["acked_at"],
     }

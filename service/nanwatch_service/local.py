@@ -16,18 +16,33 @@ from typing import Any
 from nanwatch_service.settings import Settings
 
 
+def server(app: Any, **config: Any) -> Any:
+    """uvicorn's server for ``app``, which lets the command channels' long polls go before it shuts down:
+    uvicorn waits for every request in flight, and a long poll would hold the shutdown up for its ``wait``."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            engine = getattr(app.state, "engine", None)
+            if engine is not None:
+                engine.release_waiters()
+            await super().shutdown(sockets)
+
+    return Server(uvicorn.Config(app, lifespan="on", **config))
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: Any, start_timeout: float = 60.0, stop_timeout: float = 30.0) -> Iterator[str]:
     """Serve ``app`` on real uvicorn in a daemon thread; yield its URL once it serves, stop it afterwards."""
-    import uvicorn
-
     sock = loopback_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="nanwatch-service", daemon=True)
+    uvicorn_server = server(app, log_level="warning")
+    thread = threading.Thread(
+        target=uvicorn_server.run, kwargs={"sockets": [sock]}, name="nanwatch-service", daemon=True
+    )
     thread.start()
     try:
         deadline = time.monotonic() + start_timeout
-        while not server.started:
+        while not uvicorn_server.started:
             if not thread.is_alive():
                 raise RuntimeError("uvicorn stopped before it started serving; its log says why")
             if time.monotonic() > deadline:
@@ -35,7 +50,7 @@ def serve_in_thread(app: Any, start_timeout: float = 60.0, stop_timeout: float =
             time.sleep(0.05)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        server.should_exit = True
+        uvicorn_server.should_exit = True
         thread.join(timeout=stop_timeout)
         sock.close()
 

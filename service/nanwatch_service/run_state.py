@@ -106,6 +106,8 @@ class RunState:
     recent: RecentKeys = field(default_factory=RecentKeys)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while one request of this run is decided, so that the run's requests are taken in order."""
+    waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    """The command channels waiting for this run's next command."""
 
     def __post_init__(self) -> None:
         layers = self.pipeline.run
@@ -172,6 +174,23 @@ class RunState:
         if self.act_max_abs is None or self.act_dtype_max is None:
             return None
         return self.act_dtype_max / self.act_max_abs if self.act_max_abs > 0 else math.inf
+
+    def pending_commands(self, known: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+        """Unacknowledged commands, oldest first, but those in ``known``."""
+        pending = [c for c in self.commands.values() if c["acked_at"] is None and c["id"] not in known]
+        return sorted(pending, key=lambda c: c["created_at"])
+
+    def add_command(self, command: dict[str, Any]) -> None:
+        """Hold a new command and wake the channels waiting for one."""
+        self.commands[command["id"]] = command
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake every channel waiting on this run (a command arrived, or this state was replaced)."""
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
 
     def remember(self, columns: StepColumns) -> None:
         """Keep what /metrics exports, from the last record only: a value it lacks keeps the one before."""

@@ -1,5 +1,8 @@
 """A small real HTTP service that speaks the protocol (1 and 2), for testing the client's transport.
 
+It answers the command channel too (``GET .../commands``, a long poll kept short); its answers are kept
+in ``polls``, apart from ``requests``, which are the registrations and step batches.
+
 ``FakeService`` runs the stdlib ``ThreadingHTTPServer`` on 127.0.0.1 in a thread. It validates what it
 receives with the protocol's own decoders (a bad message gets a 422, as the real service answers), keeps
 registered runs (steps for an unknown run get a 404), records every request, and delivers queued
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import urllib.parse
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -48,7 +52,8 @@ class FakeService:
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self.forced_statuses: deque[int] = deque()  # answers for the next step batches, before any check
         self.keep_acked_commands = False  # True: re-send commands even after their ack (a lagging replica)
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
+        self.polls: list[tuple[str, list[dict[str, Any]]]] = []  # command channel answers: (run id, commands)
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self._server.fake = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(
@@ -74,6 +79,7 @@ class FakeService:
         command |= fields
         with self.lock:
             self.pending.setdefault(run_id, []).append(command)
+            self.lock.notify_all()  # command channels waiting for one
         return str(command["id"])
 
     def forget(self, run_id: str) -> None:
@@ -119,6 +125,21 @@ class FakeService:
             return self._record(request, detail=f"forced {forced} by the test")
         return self._register(request) if method == "PUT" else self._ingest(request)
 
+    def poll(self, path: str) -> tuple[int, bytes, str]:
+        """``GET /v1/runs/{id}/commands?wait=&known=``: pending commands the job does not know, at once or
+        as soon as one is queued, else none after ``wait`` seconds (kept short here)."""
+        url = urllib.parse.urlsplit(path)
+        run_id, query = url.path.split("/")[3], urllib.parse.parse_qs(url.query)
+        known = set(",".join(query.get("known", [""])).split(","))
+        wait = min(float(query.get("wait", ["0"])[0]), 2.0)
+        with self.lock:
+            if run_id not in self.runs:
+                return 404, json.dumps({"detail": f"run {run_id!r} not found"}).encode(), protocol.JSON
+            self.lock.wait_for(lambda: [c for c in self.pending.get(run_id, []) if c["id"] not in known], wait)
+            commands = [c for c in self.pending.get(run_id, []) if c["id"] not in known]
+            self.polls.append((run_id, commands))
+        return 200, protocol.dumps({"commands": commands}, protocol.MSGPACK), protocol.MSGPACK
+
     def _forced(self, method: str) -> int | None:
         with self.lock:
             return self.forced_statuses.popleft() if method == "POST" and self.forced_statuses else None
@@ -158,6 +179,10 @@ class FakeService:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        fake: FakeService = self.server.fake  # type: ignore[attr-defined]
+        self._send(*fake.poll(self.path))
+
     def do_PUT(self) -> None:
         self._answer("PUT")
 
@@ -168,7 +193,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         headers = {k.lower(): v for k, v in self.headers.items()}
         fake: FakeService = self.server.fake  # type: ignore[attr-defined]
-        status, body, content_type = fake.handle(method, self.path, headers, raw)
+        self._send(*fake.handle(method, self.path, headers, raw))
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -292,14 +292,14 @@ def test_an_outage_leaves_the_sender_asleep_until_its_next_retry(make_monitor: M
     monitor = make_monitor(f"http://127.0.0.1:{free_port()}", max_batch=4, buffer_size=8)
     step, _ = step_until(monitor, lambda _: bool(logs.messages(WARNING)), what="the unreachable warning")
     checks = 0
-    check = monitor._flush_early
+    check = monitor._outbox.flush_due
 
     def counted() -> bool:
         nonlocal checks
-        checks += threading.current_thread() is monitor._thread  # the sender re-checks after each wake
+        checks += threading.current_thread() is monitor._sender.thread  # the sender re-checks after each wake
         return check()
 
-    monitor._flush_early = counted  # type: ignore[method-assign]
+    monitor._outbox.flush_due = counted  # type: ignore[method-assign]
     for later in range(step, step + 300):  # ~0.3 s: the backoff (0.5 s, 1 s, ...) wakes it once or twice
         monitor.log_step(later, loss=1.0)
         time.sleep(0.001)
@@ -348,8 +348,8 @@ def test_log_step_does_not_wait_for_a_request_in_flight(
             connection.recv(1)  # the client has not given up either: the request is still in flight
         monitor.close(timeout=0.2)
     assert halts == [None] * 1999
-    monitor._thread.join(10)  # the connection is closed now: the sender's request fails and it stops
-    assert not monitor._thread.is_alive()
+    monitor._sender.thread.join(10)  # the connection is closed now: the sender's request fails and it stops
+    assert not monitor._sender.thread.is_alive()
 
 
 # ---------------------------------------------------------------------- halts

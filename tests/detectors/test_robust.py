@@ -13,7 +13,18 @@ import numpy as np
 import nanwatch_service.detectors as detectors
 from nanwatch_service.detectors.robust import nan_median_rows, robust_z, trailing
 
-ALLOWED_IMPORTS = {"__future__", "array", "collections", "dataclasses", "math", "numpy", "operator", "struct", "typing"}
+ALLOWED_IMPORTS = {
+    "__future__",
+    "array",
+    "collections",
+    "dataclasses",
+    "functools",
+    "math",
+    "numpy",
+    "operator",
+    "struct",
+    "typing",
+}
 
 
 def test_rolling_robust_z_matches_median_and_mad_computed_one_record_at_a_time() -> None:

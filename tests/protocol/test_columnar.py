@@ -61,6 +61,13 @@ def test_records_that_carry_different_fields_keep_what_each_carried() -> None:
     assert carried.tolist() == [False, True] and skipped[1] == 1.0
 
 
+def test_a_batch_without_layer_statistics_reads_as_wide_as_the_runs_layer_table() -> None:
+    body, _ = protocol.encode_batch([{"step": 0, "loss": 1.0}, {"step": 1, "loss": 2.0}], attempt="x")
+    columns = protocol.decode_steps(protocol.loads(body), 3).columns
+    values, present = columns.layer("grad_norm")
+    assert columns.n_layers == 3 and values.shape == (2, 3) and not present.any()
+
+
 def test_protocol_1_bodies_are_still_accepted() -> None:
     batch = {"protocol": 1, "attempt": "old", "records": [{"step": 3, "loss": 0.5, "layers": {"act_std": [1, 2]}}]}
     decoded = protocol.decode_steps(protocol.loads(protocol.dumps(batch)), 2)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import threading
+import time
+
+import httpx
 
 from tests.conftest import Service
 from tests.service.helpers import post_steps, record, register, reply
@@ -61,6 +65,37 @@ def test_operator_halt_over_rest_reaches_the_job_exactly_once(service: Service) 
     assert [c["id"] for c in seen] == [first.json()["command"]["id"]]
     assert seen[0]["source"] == "operator" and seen[0]["reason"] == "wrong learning rate"
     assert seen[0]["at_step"] == 0
+
+
+def test_a_halt_is_visible_on_the_run_from_the_moment_it_exists(service: Service) -> None:
+    register(service.client, "seen-early")
+    reply(post_steps(service.client, "seen-early", [record(s) for s in range(3)]))
+    command = service.client.post("/v1/runs/seen-early/halt", json={"reason": "loss plateaued"}).json()["command"]
+    for view in (service.client.get("/v1/runs/seen-early").json(), service.client.get("/v1/runs").json()["runs"][0]):
+        halt = view["halt"]
+        assert (halt["state"], halt["command_id"], halt["source"]) == ("pending", command["id"], "operator")
+        assert (halt["reason"], halt["at_step"], halt["acked_step"]) == ("loss plateaued", 2, None)
+        assert halt["created_at"] > 0 and view["status"] == "running"
+    reply(post_steps(service.client, "seen-early", [record(3)], acks=[{"id": command["id"], "step": 3}]))
+    halt = service.client.get("/v1/runs/seen-early").json()["halt"]
+    assert (halt["state"], halt["acked_step"]) == ("acknowledged", 3)
+
+
+def test_the_command_channel_hands_out_a_halt_the_moment_it_is_sent(service: Service) -> None:
+    register(service.client, "waiting")
+    reply(post_steps(service.client, "waiting", [record(0)]))
+    answer: list[httpx.Response] = []
+    poll = threading.Thread(
+        target=lambda: answer.append(service.client.get("/v1/runs/waiting/commands", params={"wait": 30}))
+    )
+    poll.start()
+    time.sleep(0.3)  # the poll is waiting now (nothing pending); ordering only, nothing is timed
+    command = service.client.post("/v1/runs/waiting/halt", json={"reason": "now"}).json()["command"]
+    poll.join(30)
+    assert [c["id"] for c in answer[0].json()["commands"]] == [command["id"]]
+    known = service.client.get("/v1/runs/waiting/commands", params={"wait": 0, "known": command["id"]})
+    assert known.json()["commands"] == []
+    assert service.client.get("/v1/runs/nope/commands", params={"wait": 0}).status_code == 404
 
 
 def test_operator_halt_from_the_cli_reaches_the_job_exactly_once(service: Service) -> None:

@@ -7,6 +7,7 @@ body itself, and a protocol-1 batch is converted once when it is decoded. Readin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ class Batch:
         self.steps = columns.steps
         self.derived: dict[str, Any] = {}
         """Values computed from the batch that several readers share (see ``series.act_headroom``)."""
+        self._read: dict[str, tuple[FloatArray, BoolArray]] = {}  # every detector reads the same few fields
 
     @classmethod
     def of(cls, records: Sequence[Mapping[str, Any]] | StepColumns, n_layers: int) -> Batch:
@@ -42,9 +44,11 @@ class Batch:
 
     def scalar(self, name: str) -> tuple[FloatArray, BoolArray]:
         """``(values, present)`` of a scalar field, shape ``(n,)``; absent entries are NaN."""
-        return self.columns.scalar(name)
+        if name not in self._read:
+            self._read[name] = self.columns.scalar(name)
+        return self._read[name]
 
-    @property
+    @cached_property
     def skipped(self) -> BoolArray:
         """Steps the loss scaler skipped because gradients were not finite (False when absent)."""
         values, present = self.scalar("skipped")
@@ -53,4 +57,7 @@ class Batch:
 
     def layer(self, field: str) -> tuple[FloatArray, BoolArray]:
         """``(values, present)`` of a per-layer field, shapes ``(n, n_layers)`` and ``(n,)``."""
-        return self.columns.layer(field)
+        key = f"layers.{field}"
+        if key not in self._read:
+            self._read[key] = self.columns.layer(field)
+        return self._read[key]

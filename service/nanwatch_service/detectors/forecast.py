@@ -68,8 +68,10 @@ TRENDS: Final = (Trend(span=INCREMENTS, rising=3, accelerates=True), Trend(span=
 def steps_to_limit(log_series: FloatArray, n: int, log_limit: float, window: int = 128) -> FloatArray:
     """Forecast for each of the last ``n`` values of ``log_series``: steps until it reaches ``log_limit``."""
     longest = max(trend.span for trend in TRENDS)
-    values = trailing(log_series, n, longest + 1, include_current=True)
     steps = np.full(n, np.inf)
+    if not _rose_enough(log_series[-(n + longest) :]):
+        return steps  # the usual case: nothing grew 10x over the stretch these records look back on
+    values = trailing(log_series, n, longest + 1, include_current=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         increments = np.diff(values, axis=1)
         gap = np.maximum(log_limit - values[:, -1], 0.0)
@@ -79,6 +81,12 @@ def steps_to_limit(log_series: FloatArray, n: int, log_limit: float, window: int
                 forecast = _forecast(increments[rows, -INCREMENTS:], gap[rows], accelerating=trend.accelerates)
                 steps[rows] = np.minimum(steps[rows], forecast)
     return steps
+
+
+def _rose_enough(tail: FloatArray) -> bool:
+    """Whether the positive steps of ``tail`` add up to ``MIN_RISE``: no trend rises more than that."""
+    increments = np.diff(tail)
+    return float(np.sum(increments[increments > 0])) >= MIN_RISE
 
 
 def _growing(log_series: FloatArray, n: int, window: int, increments: FloatArray, trend: Trend) -> npt.NDArray[np.intp]:

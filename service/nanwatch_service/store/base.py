@@ -11,7 +11,7 @@ msgpack blobs: SQLite turns a NaN in a REAL column into NULL, and a blob keeps e
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -168,6 +168,14 @@ class Store(Protocol):
 
     def get_command(self, run_id: str, command_id: str) -> dict[str, Any] | None:
         """One command of the run, or None."""
+
+    def pending_halts(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The latest unacknowledged halt of each of ``run_ids`` that has one, by run id."""
+
+    def listen_commands(self, heard: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call ``heard(run_id, command_id)``, from a thread of the store's, whenever any replica commits
+        a new command; return the function that stops listening. A store shared by no other replica
+        (SQLite) hears nothing: this replica knows its own commands."""
 
     def unacked_commands(self) -> list[dict[str, Any]]:
         """Every command not yet acknowledged, with its ``run_id`` (how a replica learns of the halts

@@ -6,6 +6,8 @@ history can be distributed by run (e.g. Citus) without changes. Needs ``pip inst
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from nanwatch_service.store.sql import SqlStore
@@ -54,7 +56,45 @@ class PostgresStore(SqlStore):
             cursor.execute("SELECT pg_advisory_lock(727274)")  # replicas create the schema one at a time
             cursor.execute(SCHEMA)
             legacy = cursor.execute("SELECT to_regclass('steps') IS NOT NULL").fetchone()[0]
+            schema = cursor.execute("SELECT current_schema()").fetchone()[0]
         connection.commit()
         super().__init__(connection, (psycopg.Error,), psycopg.connect(url, autocommit=True))
+        self._url = url
+        self._channel = f"nanwatch_commands_{schema}"[:63]  # one database may hold several schemas
         self._migrate_legacy_steps(bool(legacy))
         self._execute("SELECT pg_advisory_unlock(727274)")
+
+    def _announce_command(self, run_id: str, command_id: str) -> None:
+        """``NOTIFY`` the other replicas; PostgreSQL delivers it when the transaction commits."""
+        self._execute("SELECT pg_notify(?, ?)", (self._channel, f"{run_id} {command_id}"))
+
+    def listen_commands(self, heard: Callable[[str, str], None]) -> Callable[[], None]:
+        """``LISTEN`` on a connection of its own, in a thread; reconnect with backoff after a failure
+        (the engine's poll covers what was missed meanwhile)."""
+        import psycopg
+
+        stop = threading.Event()
+
+        def listen() -> None:
+            delay = 0.5
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(self._url, autocommit=True) as connection:
+                        connection.execute(f'LISTEN "{self._channel}"')
+                        delay = 0.5
+                        while not stop.is_set():
+                            for notice in connection.notifies(timeout=0.5):
+                                run_id, _, command_id = notice.payload.partition(" ")
+                                heard(run_id, command_id)
+                except psycopg.Error:
+                    stop.wait(delay)
+                    delay = min(2 * delay, 10.0)
+
+        thread = threading.Thread(target=listen, name="nanwatch-listen", daemon=True)
+        thread.start()
+
+        def stop_listening() -> None:
+            stop.set()
+            thread.join(timeout=5)
+
+        return stop_listening

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -290,11 +290,21 @@ class SqlStore(StepHistory):
 
     # ---------------------------------------------------------------- commands
     def insert_command(self, run_id: str, command: dict[str, Any]) -> None:
-        """Queue a command."""
-        self._execute(
-            f"INSERT INTO commands (run_id, {', '.join(_COMMAND_COLUMNS)}) VALUES (?{', ?' * len(_COMMAND_COLUMNS)})",
-            (run_id, *(command.get(c) for c in _COMMAND_COLUMNS)),
-        )
+        """Queue a command (and tell the other replicas, once it is committed)."""
+        columns, marks = ", ".join(_COMMAND_COLUMNS), ", ?" * len(_COMMAND_COLUMNS)
+        with self.transaction():
+            self._execute(
+                f"INSERT INTO commands (run_id, {columns}) VALUES (?{marks})",
+                (run_id, *(command.get(c) for c in _COMMAND_COLUMNS)),
+            )
+            self._announce_command(run_id, command["id"])
+
+    def _announce_command(self, run_id: str, command_id: str) -> None:
+        """Tell the other replicas of a new command when the transaction commits (none share SQLite)."""
+
+    def listen_commands(self, heard: Callable[[str, str], None]) -> Callable[[], None]:
+        """Nothing to hear: no other replica writes this store."""
+        return lambda: None
 
     def active_halt(self, run_id: str) -> dict[str, Any] | None:
         """The run's latest halt command (pending or acknowledged), or None."""
@@ -309,6 +319,16 @@ class SqlStore(StepHistory):
         """One command of the run, or None."""
         rows = self._commands("run_id = ? AND id = ?", (run_id, command_id))
         return rows[0] if rows else None
+
+    def pending_halts(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The latest unacknowledged halt of each run that has one."""
+        if not run_ids:
+            return {}
+        columns = ("run_id", *_COMMAND_COLUMNS)
+        marks = ", ".join("?" * len(run_ids))
+        sql = f"SELECT {', '.join(columns)} FROM commands WHERE run_id IN ({marks}) AND action = 'halt'"
+        rows = self._query(f"{sql} AND acked_at IS NULL ORDER BY created_at", tuple(run_ids), columns)
+        return {row.pop("run_id"): row for row in rows}
 
     def unacked_commands(self) -> list[dict[str, Any]]:
         """Every unacknowledged command, with its run_id."""
