@@ -14,8 +14,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
+from nanwatch.protocol import LAYER_FIELDS, SCALAR_FIELDS
+
 RUN_STATUSES = ("running", "halted", "finished", "stale")
 HEALTHS = ("ok", "warning", "critical")
+SERIES_FIELDS = (*SCALAR_FIELDS, "skipped", *(f"layers.{field}" for field in LAYER_FIELDS))
+"""What :meth:`Store.read_series` reads: a record's scalars, and its per-layer statistics as ``layers.<name>``."""
+
+Steps = npt.NDArray[np.int64]
+Column = tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]
+"""``(values, present)`` of one series field, as the detectors' ``Batch`` reads a field."""
 
 
 class StoreError(RuntimeError):
@@ -63,6 +74,23 @@ class Store(Protocol):
 
     def recent_records(self, run_id: str, n: int) -> list[dict[str, Any]]:
         """The run's last ``n`` records in arrival order (to rebuild detector state)."""
+
+    def read_series(
+        self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
+    ) -> tuple[Steps, dict[str, Column]]:
+        """The run's history as columns: ``(steps, {field: (values, present)})``, one row per record.
+
+        Rows are the records with ``start <= step <= end`` (either bound ``None``: open), of one
+        ``attempt`` or of all, in arrival order; a resumed job's re-sent steps are rows of their own, so
+        ``steps`` (int64, shape ``(n,)``) need not be increasing. ``fields`` are names from
+        :data:`SERIES_FIELDS`. Each field's ``values`` are float64: shape ``(n,)`` for a scalar
+        (``skipped`` reads 1.0/0.0), shape ``(n, n_layers)`` for ``layers.<name>``, where ``n_layers`` is
+        the length of the run's registered layer table; NaN and ±Inf that were sent are kept bit for bit.
+        ``present`` (bool, shape ``(n,)``) says which records hold the field; where one does not (a light
+        step without ``act_max_abs``, an array of another length) its values read NaN, which ``present``
+        tells apart from a NaN that was sent. An unknown run reads as empty (``n == 0``); an unknown
+        field raises ValueError.
+        """
 
     # events
     def insert_event(self, run_id: str, event: dict[str, Any]) -> int:

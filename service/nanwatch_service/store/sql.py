@@ -6,14 +6,16 @@ every query is written once, with ``?`` placeholders, and rewritten for psycopg'
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import msgpack
+import numpy as np
 
-from nanwatch_service.store.base import StoreError, rows_to_dicts
+from nanwatch_service.store.base import SERIES_FIELDS, Column, Steps, StoreError, rows_to_dicts
 
 _RUN_COLUMNS = (
     "run_id",
@@ -212,6 +214,27 @@ class SqlStore:
         )
         return [unpack(r["record"]) for r in reversed(rows)]
 
+    def read_series(
+        self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
+    ) -> tuple[Steps, dict[str, Column]]:
+        """The history as columns (see :meth:`Store.read_series`), decoded from the records' blobs."""
+        unknown = [field for field in fields if field not in SERIES_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown series field(s) {unknown}; choose from {', '.join(SERIES_FIELDS)}")
+        run = self.get_run(run_id)
+        n_layers = len(run["spec"].get("layers", [])) if run else 0
+        sql = "SELECT step, record FROM steps WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        for clause, value in (("step >= ?", start), ("step <= ?", end), ("attempt = ?", attempt)):
+            if value is not None:
+                sql += f" AND {clause}"
+                params.append(value)
+        with self._lock:
+            rows = self._execute(sql + " ORDER BY seq", params).fetchall()
+        records = [unpack(record) for _, record in rows]
+        steps = np.fromiter((step for step, _ in rows), np.int64, len(rows))
+        return steps, {field: _column(records, field, n_layers) for field in fields}
+
     # ---------------------------------------------------------------- events
     def insert_event(self, run_id: str, event: dict[str, Any]) -> int:
         """Store a new event and return its id."""
@@ -320,6 +343,21 @@ def _run_filters(status: str | None, team: str | None, stale_before: float) -> t
         clauses.append("team = ?")
         params.append(team)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _column(records: list[dict[str, Any]], field: str, n_layers: int) -> Column:
+    """One series field of decoded records: float64 values (NaN where absent) and which records hold it."""
+    if not field.startswith("layers."):
+        raw = [record.get(field) for record in records]
+        present = np.fromiter((v is not None for v in raw), np.bool_, len(raw))
+        return np.fromiter((np.nan if v is None else float(v) for v in raw), np.float64, len(raw)), present
+    name = field.removeprefix("layers.")
+    rows: list[Any] = [(record.get("layers") or {}).get(name) for record in records]
+    present = np.fromiter((row is not None and len(row) == n_layers for row in rows), np.bool_, len(rows))
+    missing = [np.nan] * n_layers
+    flat = itertools.chain.from_iterable(row if ok else missing for row, ok in zip(rows, present, strict=True))
+    values = np.fromiter(flat, np.float64, len(rows) * n_layers).reshape(len(rows), n_layers)
+    return values, present
 
 
 def _event_values(event: dict[str, Any]) -> tuple[Any, ...]:
