@@ -1,7 +1,15 @@
 """HTTP API: one router per resource, all under ``/v1`` except health and metrics."""
 
-from nanwatch_service.api import alertmanager, events, halt, health, runs, steps
+from nanwatch_service.api import alertmanager, events, halt, health, runs, series, steps
 
-ROUTERS = (runs.router, steps.router, events.router, halt.router, alertmanager.router, health.router)
+ROUTERS = (
+    runs.router,
+    steps.router,
+    series.router,
+    events.router,
+    halt.router,
+    alertmanager.router,
+    health.router,
+)
 
 __all__ = ["ROUTERS"]

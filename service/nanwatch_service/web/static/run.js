@@ -1,0 +1,159 @@
+// The run page: status and forecast, the plots over steps, the findings with their fix, the halt.
+// Everything comes from the REST API; while the run is running the page asks again every few seconds
+// (longer for a long history: never more often than three times what the last answer took).
+
+import { COLORS, lineChart } from "./chart.js";
+import { ago, api, el, fmt, num, showMessage } from "./api.js";
+
+const RUN_ID = document.body.dataset.runId;
+const BASE = `/v1/runs/${encodeURIComponent(RUN_ID)}`;
+const TOP_LAYERS = 5;
+const FIELDS = ["loss", "grad_norm", "layers.grad_norm", "layers.act_max_abs", "steps_to_nonfinite"];
+const HORIZON = 10;
+const POLL_MS = 3000;
+let timer = null;
+
+function points() {
+  // about one bucket per pixel of the widest plot
+  const width = document.querySelector(".chart").clientWidth || 800;
+  return Math.min(2000, Math.max(200, Math.round(width)));
+}
+
+function summary(run) {
+  const forecast = num(run.steps_to_nonfinite);
+  const items = [
+    ["Team", run.team || "—"],
+    ["Framework", run.framework || "—"],
+    ["Dtype policy", run.dtype_policy || "—"],
+    ["Last step", fmt(run.last_step)],
+    ["Steps to non-finite", forecast === Infinity ? "none forecast" : fmt(forecast)],
+    ["Records", `${fmt(run.records)}${run.dropped ? ` (${fmt(run.dropped)} dropped by the client)` : ""}`],
+    ["Halt policy", run.halt_on || "—"],
+    ["Last seen", ago(run.last_seen)],
+  ];
+  document.getElementById("summary").replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  for (const [id, value] of [["status", run.status], ["health", run.health]]) {
+    const badge = document.getElementById(id);
+    badge.textContent = value;
+    badge.className = `badge ${value}`;
+  }
+}
+
+function haltState(run, requested) {
+  const state = document.getElementById("halt-state");
+  const button = document.getElementById("halt-button");
+  const halt = run.halt;
+  if (halt) {
+    const where = halt.acked_step ?? halt.at_step ?? halt.step;
+    state.textContent = `Halted at step ${fmt(where)} by ${halt.source}: ${halt.reason}`;
+    state.className = "halted";
+  } else if (requested) {
+    state.textContent = `Halt requested by ${requested.source} (“${requested.reason}”); the job stops at its next batch end.`;
+    state.className = "requested";
+  } else {
+    state.textContent = run.status === "running" ? "Running. A halt stops the job at its next batch end." : `This run is ${run.status}.`;
+    state.className = "";
+  }
+  button.disabled = Boolean(halt) || Boolean(requested) || run.status !== "running";
+}
+
+function findingMarks(events) {
+  return events.map((e) => ({
+    step: e.first_step,
+    severity: e.severity,
+    label: `${e.severity}: ${e.detector}${e.layer ? ` in ${e.layer}` : ""} from step ${e.first_step}`,
+  }));
+}
+
+function findingsTable(events) {
+  const rows = events.map((e) =>
+    el(
+      "tr",
+      { class: `finding-row ${e.severity}`, "data-detector": e.detector },
+      el("td", {}, el("span", { class: `badge ${e.severity}` }, e.severity)),
+      el("td", {}, e.detector),
+      el("td", {}, e.layer || "—"),
+      el("td", { class: "num" }, e.first_step === e.last_step ? fmt(e.first_step) : `${fmt(e.first_step)}–${fmt(e.last_step)}`),
+      el("td", {}, e.state),
+      el("td", { class: "message-cell" }, e.message),
+      el("td", { class: "remedy" }, e.remedy),
+    ),
+  );
+  document.querySelector("#findings tbody").replaceChildren(...rows);
+  document.getElementById("no-findings").hidden = rows.length > 0;
+}
+
+function line(series, label, color) {
+  return { label, color, steps: series.steps, values: series.values.map(num), nan: series.nan, inf: series.inf, "-inf": series["-inf"] };
+}
+
+function layerLines(layers) {
+  return layers.map((layer, i) => line(layer, layer.name, COLORS[i % COLORS.length]));
+}
+
+function limitsOf(layers) {
+  const seen = new Map();
+  for (const layer of layers) seen.set(layer.dtype, layer.limit);
+  return [...seen].map(([dtype, value]) => ({ value, label: `${dtype} max ${fmt(value)}` }));
+}
+
+function charts(data, events) {
+  const s = data.series;
+  const domain = [data.first_step ?? 0, data.last_step ?? 0];
+  const findings = findingMarks(events);
+  const draw = (id, spec) => lineChart(document.getElementById(id), { domain, findings, ...spec });
+  draw("chart-loss", { lines: [line(s.loss, "loss", COLORS[0])] });
+  draw("chart-grad", { lines: [line(s.grad_norm, "grad norm", COLORS[1])] });
+  draw("chart-layers", { lines: layerLines(s["layers.grad_norm"]), empty: "no per-layer gradient norms" });
+  const acts = s["layers.act_max_abs"];
+  draw("chart-act", { lines: layerLines(acts), limits: limitsOf(acts), log: true, empty: "no max |activation| measured" });
+  draw("chart-forecast", {
+    lines: [{ ...line(s.steps_to_nonfinite, "steps to non-finite", COLORS[3]), dots: true }],
+    limits: [{ value: HORIZON, label: `horizon ${HORIZON} steps: critical below` }],
+    log: false,
+    empty: "nothing is heading for a non-finite value",
+  });
+}
+
+let requested = null;
+
+async function load() {
+  clearTimeout(timer);
+  const began = performance.now();
+  let run = null;
+  try {
+    const query = new URLSearchParams({ fields: FIELDS.join(","), points: String(points()), top: String(TOP_LAYERS) });
+    const [view, data, { events }] = await Promise.all([api(BASE), api(`${BASE}/series?${query}`), api(`${BASE}/events`)]);
+    run = view;
+    summary(run);
+    haltState(run, requested);
+    charts(data, events);
+    findingsTable(events);
+    showMessage(null);
+    document.getElementById("live").textContent =
+      run.status === "running" ? `live · updated ${new Date().toLocaleTimeString()}` : `${run.status} · not updating`;
+  } catch (error) {
+    showMessage(error.message);
+  }
+  document.body.dataset.ready = "1";
+  if (!run || run.status === "running") timer = setTimeout(load, Math.max(POLL_MS, 3 * (performance.now() - began)));
+}
+
+async function halt(event) {
+  event.preventDefault();
+  const reason = document.getElementById("halt-reason").value.trim() || "stopped from the run page";
+  const button = document.getElementById("halt-button");
+  button.disabled = true;
+  try {
+    const { command } = await api(`${BASE}/halt`, { method: "POST", body: { reason } });
+    requested = command;
+    showMessage(null);
+  } catch (error) {
+    showMessage(error.message);
+    button.disabled = false;
+  }
+  load();
+}
+
+document.getElementById("halt-form").addEventListener("submit", halt);
+load();
