@@ -21,12 +21,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_service(timeout: float = 60.0) -> Iterator[str]:
-    """Yield the URL of a fresh service on SQLite in a temporary folder; terminate it afterwards."""
+def running_service(timeout: float = 60.0, db: Path | None = None) -> Iterator[str]:
+    """Yield the URL of a service on the SQLite file ``db`` (default: a fresh one in a temporary folder);
+    terminate it afterwards."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         args = [sys.executable, "-m", "nanwatch_service.cli", "serve", "--port", str(port)]
-        args += ["--db", str(Path(tmp) / "bench.db"), "--log-level", "warning"]
+        args += ["--db", str(db or Path(tmp) / "bench.db"), "--log-level", "warning"]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_for_port(port, timeout)

@@ -83,20 +83,31 @@ def top_layers(values: FloatArray, present: BoolArray, k: int) -> list[int]:
 
 def _line(steps: IntArray, values: FloatArray, bucket: IntArray) -> npt.NDArray[np.intp]:
     """Indices of each bucket's smallest and largest value, in step order."""
-    chosen = np.union1d(_smallest_per_bucket(bucket, values), _smallest_per_bucket(bucket, -values))
+    smallest = _first_extreme(bucket, values, np.minimum)
+    largest = _first_extreme(bucket, values, np.maximum)
+    chosen = np.union1d(smallest, largest)
     return chosen[np.argsort(steps[chosen], kind="stable")]
 
 
 def _first_step(steps: IntArray, bucket: IntArray, mask: BoolArray) -> IntArray:
     """The first step of each bucket where ``mask`` holds."""
     rows = np.flatnonzero(mask)
-    firsts: IntArray = np.sort(steps[rows[_smallest_per_bucket(bucket[rows], steps[rows])]])
+    firsts: IntArray = np.sort(steps[rows[_first_extreme(bucket[rows], steps[rows], np.minimum)]])
     return firsts
 
 
-def _smallest_per_bucket(bucket: IntArray, key: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
-    """Index of the smallest ``key`` in each bucket (the earliest row among equals)."""
-    order = np.lexsort((key, bucket))
-    starts = np.flatnonzero(np.diff(bucket[order], prepend=-1))
-    chosen: npt.NDArray[np.intp] = order[starts]
+def _first_extreme(bucket: IntArray, key: npt.NDArray[Any], extreme: np.ufunc) -> npt.NDArray[np.intp]:
+    """Index of the row holding the ``extreme`` (np.minimum or np.maximum) ``key`` of each bucket, the
+    earliest among equals. Runs over the rows once when they come in bucket order, as they do when the
+    steps arrived in order."""
+    if not len(bucket):
+        return np.zeros(0, dtype=np.intp)
+    in_order = bool(np.all(bucket[1:] >= bucket[:-1]))
+    order = np.arange(len(bucket)) if in_order else np.argsort(bucket, kind="stable")
+    bucket, key = bucket[order], key[order]
+    starts = np.flatnonzero(np.diff(bucket, prepend=-1))
+    best = np.repeat(extreme.reduceat(key, starts), np.diff(np.append(starts, len(bucket))))
+    hits = np.flatnonzero(key == best)
+    first_hits = hits[np.flatnonzero(np.diff(bucket[hits], prepend=-1))]
+    chosen: npt.NDArray[np.intp] = order[first_hits]
     return chosen

@@ -1,15 +1,12 @@
-"""A real browser for the page tests: Debian's chromium, headless, driven by Playwright.
+"""A real browser for the page tests: Debian's chromium, headless, driven by Playwright (``chromium.py``).
 
-Playwright never downloads a browser here: it launches the system's ``/usr/bin/chromium`` (``make tools``
-installs it; ``NANWATCH_CHROMIUM`` points elsewhere) with a fresh profile. Every request the pages make
-is recorded, and any that would leave the service's host is refused and reported by the test.
-Screenshots go to ``artifacts/screenshots/`` (``NANWATCH_SCREENSHOTS``), which CI keeps.
+Every request the pages make is recorded, and any that would leave the service's host is refused and
+reported to the test. Screenshots go to ``artifacts/screenshots/`` (``NANWATCH_SCREENSHOTS``), which CI keeps.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import REPO, Service
+from tests.web.chromium import launch
 
-CHROMIUM = os.environ.get("NANWATCH_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("NANWATCH_SCREENSHOTS", REPO / "artifacts" / "screenshots"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @dataclass
@@ -61,20 +48,11 @@ class Browser:
 @pytest.fixture
 def browser(service: Service, tmp_path: Path) -> Iterator[Browser]:
     """Chromium on a fresh profile, pointed at ``service``; closed after the test."""
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"no chromium at {CHROMIUM}: apt-get install chromium (make tools), or set NANWATCH_CHROMIUM")
     from playwright.sync_api import sync_playwright
 
     host = urlsplit(service.url).netloc
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 900},
-            service_workers="block",
-        )
+        context = launch(playwright, tmp_path / "profile")
         try:
             page = context.pages[0] if context.pages else context.new_page()
             browser = Browser(page, service.url)

@@ -14,9 +14,9 @@ const POLL_MS = 3000;
 let timer = null;
 
 function points() {
-  // about one bucket per pixel of the widest plot
+  // one bucket per two pixels of a plot: its smallest and largest value make one point per pixel
   const width = document.querySelector(".chart").clientWidth || 800;
-  return Math.min(2000, Math.max(200, Math.round(width)));
+  return Math.min(2000, Math.max(100, Math.round(width / 2)));
 }
 
 function summary(run) {
