@@ -76,7 +76,11 @@ def install(app: FastAPI) -> None:
 
 
 def _page(template: str, *, status_code: int = 200, **fields: str) -> HTMLResponse:
-    text = (PACKAGE / "templates" / template).read_text(encoding="utf-8")
     values = {name: html.escape(value) for name, value in fields.items()}
-    body = Template(text).substitute(values, version=nanwatch.__version__)
+    head = _template("head.html").substitute(values)
+    body = _template(template).substitute(values, head=head, version=nanwatch.__version__)
     return HTMLResponse(body, status_code=status_code, headers=SECURITY)
+
+
+def _template(name: str) -> Template:
+    return Template((PACKAGE / "templates" / name).read_text(encoding="utf-8"))

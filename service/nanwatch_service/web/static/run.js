@@ -135,6 +135,7 @@ async function load() {
   } catch (error) {
     showMessage(error.message);
   }
+  if (!document.body.dataset.ready) document.body.dataset.readyMs = String(Math.round(performance.now()));
   document.body.dataset.ready = "1";
   if (!run || run.status === "running") timer = setTimeout(load, Math.max(POLL_MS, 3 * (performance.now() - began)));
 }
