@@ -76,7 +76,8 @@ const MARK_NAMES = { nan: "NaN", inf: "+Inf", "-inf": "-Inf" };
 export function lineChart(host, spec) {
   const width = Math.max(320, Math.round(host.clientWidth || 640));
   const box = { x0: MARGIN.left, x1: width - MARGIN.right, y0: MARGIN.top, y1: HEIGHT - MARGIN.bottom };
-  const root = node("svg", { viewBox: `0 0 ${width} ${HEIGHT}`, width, height: HEIGHT, role: "img" });
+  const label = host.querySelector("figcaption")?.textContent || "chart";
+  const root = node("svg", { viewBox: `0 0 ${width} ${HEIGHT}`, width, height: HEIGHT, role: "img", "aria-label": label });
   const lines = spec.lines || [];
   const values = lines.flatMap((line) => line.values);
   const marks = lines.reduce((n, line) => n + line.nan.length + line.inf.length + line["-inf"].length, 0);
@@ -91,10 +92,11 @@ export function lineChart(host, spec) {
   const limits = (spec.limits || []).map((l) => l.value);
   const y = yScale(values, limits, spec.log ?? "auto");
   root.dataset.scale = y.log ? "log" : "linear";
-  const [first, last] = spec.domain[0] === spec.domain[1] ? [spec.domain[0], spec.domain[0] + 1] : spec.domain;
+  const [lo, hi] = spec.domain[0] === spec.domain[1] ? [spec.domain[0], spec.domain[0] + 1] : spec.domain;
+  const [first, last] = [lo - (hi - lo) * 0.01, hi + (hi - lo) * 0.01]; // room for a mark at either end
   const px = (step) => box.x0 + ((step - first) / (last - first)) * (box.x1 - box.x0);
   const py = (v) => box.y1 - Math.min(1, Math.max(0, y.at(v))) * (box.y1 - box.y0);
-  drawAxes(root, box, y, py, niceTicks(first, last, 6).filter((t) => Number.isInteger(t)), px);
+  drawAxes(root, box, y, py, niceTicks(lo, hi, 6).filter((t) => Number.isInteger(t)), px);
   for (const limit of spec.limits || []) drawLimit(root, box, py(limit.value), limit.label);
   for (const finding of spec.findings || []) drawFinding(root, box, px(finding.step), finding);
   lines.forEach((line) => drawLine(root, line, px, py));
