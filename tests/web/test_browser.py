@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 from tests.conftest import Service, wait_until
 from tests.service.helpers import post_steps, reply
 from tests.web.conftest import Browser
-from tests.web.runs import NAN_AT, stream
+from tests.web.runs import NAN_AT, diverging_record, stream
 
 
 def _points(browser: Browser, chart: str) -> int:
@@ -52,6 +54,21 @@ def test_the_halt_button_halts_a_running_job(service: Service, browser: Browser)
     browser.open("/runs/bert-base")
     page.wait_for_selector("#halt-state.halted")
     assert page.locator("#halt-state").inner_text().startswith("Halted at step 59 by operator: loss looks off")
+    assert not browser.foreign and not browser.errors
+
+
+def test_the_run_page_follows_a_streaming_run_reading_only_the_new_steps(service: Service, browser: Browser) -> None:
+    stream(service.client, "live", 300, diverging=False, halt_on="never")
+    browser.open("/runs/live")
+    page = browser.page
+    assert "299" in page.locator("#summary").inner_text()  # the last step
+    rng = random.Random("live-tail")
+    reply(post_steps(service.client, "live", [diverging_record(s, rng) for s in range(300, 320)]))
+    wait_until(lambda: page.locator("#chart-loss .mark-nan").count() >= 1, timeout=30, what="the new NaN drawn")
+    assert "319" in page.locator("#summary").inner_text()
+    assert page.locator("#findings tr[data-detector='nonfinite']").count() == 1
+    tails = [url for url in browser.requests if "/series?" in url and "start=300" in url]
+    assert tails, "the page should ask for the steps since its last read, not the whole history"
     assert not browser.foreign and not browser.errors
 
 

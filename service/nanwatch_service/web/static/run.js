@@ -1,9 +1,10 @@
 // The run page: status and forecast, the plots over steps, the findings with their fix, the halt.
 // Everything comes from the REST API; while the run is running the page asks again every few seconds
-// (longer for a long history: never more often than three times what the last answer took).
+// (never more often than three times what the last answer took), for the steps since (history.js).
 
 import { COLORS, lineChart } from "./chart.js";
 import { ago, api, el, fmt, num, showMessage } from "./api.js";
+import { History } from "./history.js";
 
 const RUN_ID = document.body.dataset.runId;
 const BASE = `/v1/runs/${encodeURIComponent(RUN_ID)}`;
@@ -117,13 +118,16 @@ function charts(data, events) {
 
 let requested = null;
 
+const history = new History(BASE, FIELDS, TOP_LAYERS);
+
 async function load() {
   clearTimeout(timer);
   const began = performance.now();
   let run = null;
   try {
-    const query = new URLSearchParams({ fields: FIELDS.join(","), points: String(points()), top: String(TOP_LAYERS) });
-    const [view, data, { events }] = await Promise.all([api(BASE), api(`${BASE}/series?${query}`), api(`${BASE}/events`)]);
+    const first = history.data === null; // the first time, the three reads go out together
+    const [view, { events }, read] = await Promise.all([api(BASE), api(`${BASE}/events`), first ? history.full(points()) : null]);
+    const data = read ?? (await history.update(view.last_step, points()));
     run = view;
     summary(run);
     haltState(run, requested);
