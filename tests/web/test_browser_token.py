@@ -35,8 +35,8 @@ def test_without_the_token_the_halt_is_refused_with_a_message_that_says_how_to_g
     stream(service.client, "guarded", 30, diverging=False)
     browser.open("/runs/guarded")
     browser.page.click("#halt-button")
-    browser.page.wait_for_selector("#message:not([hidden])")
-    assert "open this page with ?token=" in browser.page.locator("#message").inner_text()
+    browser.page.wait_for_selector("#halt-error:not([hidden])")
+    assert "open this page with ?token=" in browser.page.locator("#halt-error").inner_text()
     assert service.client.get("/v1/runs/guarded").json()["status"] == "running"
     assert browser.page.locator("#halt-button").is_enabled()  # it can be tried again
 
@@ -53,3 +53,11 @@ def test_a_token_given_once_in_the_url_is_kept_out_of_it_and_sent_with_every_cal
     assert halt.value.headers["authorization"] == f"Bearer {TOKEN}"
     browser.page.wait_for_selector("#halt-state.requested")
     assert not browser.foreign
+
+
+def test_the_runs_page_keeps_a_token_given_in_the_url_with_its_filters(service: Service, browser: Browser) -> None:
+    stream(service.client, "guarded", 5, diverging=False)
+    with browser.page.expect_request(lambda r: "/v1/runs?" in r.url) as listing:
+        browser.open(f"/?team=vision&token={TOKEN}")
+    assert listing.value.headers["authorization"] == f"Bearer {TOKEN}"
+    assert browser.page.url.endswith("/?team=vision")

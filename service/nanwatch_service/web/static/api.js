@@ -12,15 +12,19 @@ export class ApiError extends Error {
   }
 }
 
-function token() {
+function takeTokenFromUrl() {
   const url = new URL(window.location.href);
   const given = url.searchParams.get("token");
-  if (given !== null) {
-    if (given) localStorage.setItem(TOKEN_KEY, given);
-    else localStorage.removeItem(TOKEN_KEY);
-    url.searchParams.delete("token");
-    history.replaceState(null, "", url);
-  }
+  if (given === null) return;
+  if (given) localStorage.setItem(TOKEN_KEY, given);
+  else localStorage.removeItem(TOKEN_KEY); // ?token= with nothing forgets it
+  url.searchParams.delete("token");
+  history.replaceState(null, "", url);
+}
+
+takeTokenFromUrl(); // once, as the page loads, before a page script rewrites its URL
+
+function token() {
   return localStorage.getItem(TOKEN_KEY);
 }
 

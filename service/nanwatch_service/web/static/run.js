@@ -120,15 +120,12 @@ let requested = null;
 
 const history = new History(BASE, FIELDS, TOP_LAYERS);
 
-async function load() {
-  clearTimeout(timer);
-  const began = performance.now();
-  let run = null;
+/** Read the run, its findings and its history, and draw them; the run, or null when a read failed. */
+async function refresh() {
   try {
     const first = history.data === null; // the first time, the three reads go out together
-    const [view, { events }, read] = await Promise.all([api(BASE), api(`${BASE}/events`), first ? history.full(points()) : null]);
-    const data = read ?? (await history.update(view.last_step, points()));
-    run = view;
+    const [run, { events }, read] = await Promise.all([api(BASE), api(`${BASE}/events`), first ? history.full(points()) : null]);
+    const data = read ?? (await history.update(run.last_step, points()));
     summary(run);
     haltState(run, requested);
     charts(data, events);
@@ -136,12 +133,36 @@ async function load() {
     showMessage(null);
     document.getElementById("live").textContent =
       run.status === "running" ? `live · updated ${new Date().toLocaleTimeString()}` : `${run.status} · not updating`;
+    return run;
   } catch (error) {
     showMessage(error.message);
+    return null;
   }
+}
+
+let loading = false;
+let again = false;
+
+/** refresh(), one at a time (two at once would append the same new steps twice), then again in a while
+ * while the run is running. */
+async function load() {
+  if (loading) {
+    again = true;
+    return;
+  }
+  loading = true;
+  clearTimeout(timer);
+  const began = performance.now();
+  const run = await refresh();
+  loading = false;
   if (!document.body.dataset.ready) document.body.dataset.readyMs = String(Math.round(performance.now()));
   document.body.dataset.ready = "1";
-  if (!run || run.status === "running") timer = setTimeout(load, Math.max(POLL_MS, 3 * (performance.now() - began)));
+  if (again) {
+    again = false;
+    load();
+  } else if (!run || run.status === "running") {
+    timer = setTimeout(load, Math.max(POLL_MS, 3 * (performance.now() - began)));
+  }
 }
 
 async function halt(event) {
@@ -149,15 +170,17 @@ async function halt(event) {
   const reason = document.getElementById("halt-reason").value.trim() || "stopped from the run page";
   const button = document.getElementById("halt-button");
   button.disabled = true;
+  const refused = document.getElementById("halt-error"); // kept apart: the next poll clears the page's message
   try {
     const { command } = await api(`${BASE}/halt`, { method: "POST", body: { reason } });
     requested = command;
-    showMessage(null);
+    refused.hidden = true;
+    load();
   } catch (error) {
-    showMessage(error.message);
+    refused.textContent = error.message;
+    refused.hidden = false;
     button.disabled = false;
   }
-  load();
 }
 
 document.getElementById("halt-form").addEventListener("submit", halt);

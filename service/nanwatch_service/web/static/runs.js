@@ -5,6 +5,7 @@ import { ago, api, el, fmt, num, showMessage } from "./api.js";
 const REFRESH_MS = 5000;
 const form = document.getElementById("filters");
 let timer = null;
+let generation = 0;
 
 function filters() {
   const data = new FormData(form);
@@ -50,8 +51,10 @@ async function refresh() {
   const query = new URLSearchParams({ limit: "1000" });
   if (chosen.status) query.set("status", chosen.status);
   if (chosen.team) query.set("team", chosen.team);
+  const mine = ++generation; // an answer to filters changed since is dropped
   try {
     const { runs } = await api(`/v1/runs?${query}`);
+    if (mine !== generation) return;
     const shown = runs.filter((run) => !chosen.health || run.health === chosen.health);
     document.querySelector("#runs tbody").replaceChildren(...shown.map(row));
     document.getElementById("empty").hidden = shown.length > 0;
