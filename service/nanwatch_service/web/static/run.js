@@ -42,20 +42,20 @@ function summary(run) {
 
 function haltState(run, requested) {
   const state = document.getElementById("halt-state");
-  const button = document.getElementById("halt-button");
   const halt = run.halt;
-  if (halt) {
-    const where = halt.acked_step ?? halt.at_step ?? halt.step;
-    state.textContent = `Halted at step ${fmt(where)} by ${halt.source}: ${halt.reason}`;
-    state.className = "halted";
+  const over = run.status === "halted" || run.status === "finished";
+  const by = halt ? `at step ${fmt(halt.acked_step ?? halt.at_step ?? halt.step)} by ${halt.source}: ${halt.reason}` : "";
+  if (halt && run.status === "halted") {
+    [state.textContent, state.className] = [`Halted ${by}`, "halted"];
   } else if (requested) {
-    state.textContent = `Halt requested by ${requested.source} (“${requested.reason}”); the job stops at its next batch end.`;
-    state.className = "requested";
+    const text = `Halt requested by ${requested.source} (“${requested.reason}”); the job stops at its next batch end.`;
+    [state.textContent, state.className] = [text, "requested"];
+  } else if (halt) {
+    [state.textContent, state.className] = [`Resumed since it was halted ${by}`, ""];
   } else {
-    state.textContent = run.status === "running" ? "Running. A halt stops the job at its next batch end." : `This run is ${run.status}.`;
-    state.className = "";
+    [state.textContent, state.className] = [over ? `This run is ${run.status}.` : "A halt stops the job at its next batch end.", ""];
   }
-  button.disabled = Boolean(halt) || Boolean(requested) || run.status !== "running";
+  document.getElementById("halt-button").disabled = over || Boolean(requested);
 }
 
 function findingMarks(events) {
