@@ -40,6 +40,7 @@ lint: $(VENV)/.stamp-all
 
 bench: $(VENV)/.stamp-all
 	$(PY) bench/detector_throughput.py
+	$(PY) bench/ingest.py
 	$(PY) bench/client_overhead.py
 	$(PY) bench/detection.py
 	$(PY) bench/run_page.py

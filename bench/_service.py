@@ -24,20 +24,31 @@ def free_port() -> int:
 def running_service(timeout: float = 60.0, db: Path | None = None) -> Iterator[str]:
     """Yield the URL of a service on the SQLite file ``db`` (default: a fresh one in a temporary folder);
     terminate it afterwards."""
+    with serving(timeout=timeout, db=db) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serving(
+    database_url: str | None = None, timeout: float = 60.0, db: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Yield the URL and process of a ``nanwatch serve``: on ``database_url`` (PostgreSQL) when given, else
+    on the SQLite file ``db`` or a fresh one in a temporary folder; terminate it afterwards."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        args = [sys.executable, "-m", "nanwatch_service.cli", "serve", "--port", str(port)]
-        args += ["--db", str(db or Path(tmp) / "bench.db"), "--log-level", "warning"]
+        args = [sys.executable, "-m", "nanwatch_service.cli", "serve", "--port", str(port), "--log-level", "warning"]
+        args += ["--database-url", database_url] if database_url else ["--db", str(db or Path(tmp) / "bench.db")]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_for_port(port, timeout)
-            yield f"http://127.0.0.1:{port}"
+            wait_for_port(port, timeout)
+            yield f"http://127.0.0.1:{port}", proc
         finally:
             proc.terminate()
             proc.wait(timeout=30)
 
 
-def _wait_for_port(port: int, timeout: float) -> None:
+def wait_for_port(port: int, timeout: float) -> None:
+    """Return once something listens on 127.0.0.1:``port``; RuntimeError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):

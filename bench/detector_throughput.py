@@ -2,16 +2,17 @@
 
     .venv/bin/python bench/detector_throughput.py [--layers 64] [--records 5000] [--batch 250] [--repeat 5]
 
-Both run in this process, interleaved, on the same decoded records (built through the wire protocol's
-msgpack decoding, as the service receives them): a healthy run and one whose gradients diverge. Prints the
-median records/s of each and the ratio. A third line feeds the Pipeline the same records with their layer
-arrays as ``array('d')`` instead of lists of Python floats: what decoding straight into arrays would buy.
+All run in this process, one core, interleaved, on the same records: a healthy run and one whose gradients
+diverge. The Pipeline is timed the way the service meets a request, from the msgpack body on: protocol 2
+(packed columns, viewed with ``numpy.frombuffer``) and protocol 1 (records as maps of Python floats,
+converted to columns once). The naive loop gets the records already decoded. Prints the median
+records/s of each and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import array
+import functools
 import math
 import random
 import statistics
@@ -47,11 +48,6 @@ def make_records(run: Mapping[str, Any], n: int, *, diverge_at: int | None, seed
     raw = [_record(step, weighted, rng, _growth(step, diverge_at)) for step in range(n)]
     body = protocol.dumps({"records": raw})
     return list(protocol.decode_batch(protocol.loads(body), len(weighted))["records"])
-
-
-def as_arrays(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same records with every layer array as ``array('d')``."""
-    return [{**r, "layers": {k: array.array("d", v) for k, v in r["layers"].items()}} for r in records]
 
 
 def _growth(step: int, diverge_at: int | None) -> float:
@@ -172,13 +168,31 @@ def _weight_checks(stats: dict[str, Any], prev_weight: list[float] | None) -> li
 # --------------------------------------------------------------------------- timing
 
 
-def time_once(make: Callable[[], Any], records: list[dict[str, Any]], batch: int) -> float:
-    """Seconds to push ``records`` through a fresh detector in batches of ``batch``."""
-    detector = make()
+def time_naive(run: Mapping[str, Any], records: list[dict[str, Any]], batch: int) -> float:
+    """Seconds to push decoded ``records`` through a fresh naive detector in batches of ``batch``."""
+    detector = NaiveDetector(run)
     start = time.perf_counter()
     for i in range(0, len(records), batch):
         detector.process(records[i : i + batch])
     return time.perf_counter() - start
+
+
+def time_pipeline(run: Mapping[str, Any], bodies: list[bytes]) -> float:
+    """Seconds to decode each msgpack body and push its records through a fresh Pipeline."""
+    pipeline = Pipeline(run)
+    n_layers = len(run["layers"])
+    start = time.perf_counter()
+    for body in bodies:
+        pipeline.process(protocol.decode_steps(protocol.loads(body), n_layers).columns)
+    return time.perf_counter() - start
+
+
+def bodies(records: list[dict[str, Any]], batch: int, version: int) -> list[bytes]:
+    """The records as request bodies of ``batch`` records in protocol ``version`` (msgpack)."""
+    chunks = [records[i : i + batch] for i in range(0, len(records), batch)]
+    if version == 2:
+        return [protocol.encode_batch(chunk, attempt="bench")[0] for chunk in chunks]
+    return [protocol.dumps({"protocol": 1, "attempt": "bench", "records": chunk}) for chunk in chunks]
 
 
 def main() -> None:
@@ -194,22 +208,22 @@ def main() -> None:
         "healthy": make_records(run, args.records, diverge_at=None),
         "diverging": make_records(run, args.records, diverge_at=args.records // 2),
     }
-    contenders: dict[str, tuple[Callable[[], Any], bool]] = {
-        "naive loop": (lambda: NaiveDetector(run), False),
-        "Pipeline": (lambda: Pipeline(run), False),
-        "Pipeline, array('d') layers": (lambda: Pipeline(run), True),
-    }
     print(f"{args.layers} layers, {args.records} records in batches of {args.batch}, {args.repeat} repetitions")
     for case, records in cases.items():
-        arrays = as_arrays(records)
+        contenders: dict[str, Callable[[], float]] = {
+            "naive loop": functools.partial(time_naive, run, records, args.batch),
+            "Pipeline, protocol 1": functools.partial(time_pipeline, run, bodies(records, args.batch, 1)),
+            "Pipeline, protocol 2": functools.partial(time_pipeline, run, bodies(records, args.batch, 2)),
+        }
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for _ in range(args.repeat):
-            for name, (make, packed) in contenders.items():
-                times[name].append(time_once(make, arrays if packed else records, args.batch))
+            for name, timed in contenders.items():
+                times[name].append(timed())
         rates = {name: args.records / statistics.median(t) for name, t in times.items()}
         for name, rate in rates.items():
-            print(f"  {case:9s} {name:28s} {rate:10,.0f} records/s (median)")
-        print(f"  {case:9s} Pipeline / naive loop: {rates['Pipeline'] / rates['naive loop']:.1f}×")
+            print(f"  {case:9s} {name:22s} {rate:10,.0f} records/s (median)")
+        for name in ("Pipeline, protocol 2", "Pipeline, protocol 1"):
+            print(f"  {case:9s} {name} / naive loop: {rates[name] / rates['naive loop']:.1f}×")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 A run of ``--steps`` records shaped as the Keras callback sends them (10 layers; light steps with gradient
 norms and activation means/extremes, a detail step with all 12 statistics every 30th step; diverging to
-NaN over its last 100 steps) is ingested through the engine (detectors, events and all) into SQLite, and
-``nanwatch serve`` serves it from a child process. Then, ``--repeat`` times, interleaved:
+NaN over its last 100 steps) is streamed to ``nanwatch serve`` (a child process, SQLite) as the callback
+sends it: protocol 2, 1,000 records a request, detectors, events and all. Then, ``--repeat`` times,
+interleaved:
 
 - **page**: chromium opens ``/runs/{run_id}`` on a fresh tab; the time from navigation until the page
   has drawn its plots and findings, by the page's own clock (``body[data-ready-ms]``): HTML, scripts, the
@@ -19,6 +20,7 @@ Prints the median of each and the ratio baseline/series. ``.venv/bin/python benc
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -36,8 +38,6 @@ from bench._service import running_service
 from nanwatch import protocol
 from nanwatch.protocol import LAYER_FIELDS
 from nanwatch_service.detectors.history import FORECAST_FIELDS
-from nanwatch_service.engine import Engine
-from nanwatch_service.settings import Settings
 from nanwatch_service.store.sqlite import SqliteStore
 from tests.web.chromium import launch
 
@@ -80,27 +80,19 @@ def records(steps: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
         yield record
 
 
-def build(db: Path, steps: int) -> float:
-    """Register and ingest the run through the engine, 1,000 records a batch; seconds it took."""
+def build(client: httpx.Client, steps: int) -> float:
+    """Register the run and stream it to the service as the callback does (protocol 2, 1,000 records a
+    request); seconds it took."""
     began = time.perf_counter()
-    store = SqliteStore(db)
-    try:
-        engine = Engine(store, Settings(db=str(db)))
-        layers = [{"name": f"dense_{i}", "kind": "Dense", "activation": "relu", "params": 1000} for i in range(LAYERS)]
-        layers[-1]["activation"] = "sigmoid"
-        engine.register(
-            RUN_ID, protocol.decode_run({"name": RUN_ID, "team": "bench", "halt_on": "never", "layers": layers})
-        )
-        batch: list[dict[str, Any]] = []
-        for record in records(steps, np.random.default_rng(0)):
-            batch.append(record)
-            if len(batch) == 1000:
-                engine.ingest(RUN_ID, protocol.decode_batch({"attempt": "a", "records": batch}, LAYERS))
-                batch = []
-        if batch:
-            engine.ingest(RUN_ID, protocol.decode_batch({"attempt": "a", "records": batch}, LAYERS))
-    finally:
-        store.close()
+    layers = [{"name": f"dense_{i}", "kind": "Dense", "activation": "relu", "params": 1000} for i in range(LAYERS)]
+    layers[-1]["activation"] = "sigmoid"
+    spec = {"name": RUN_ID, "team": "bench", "halt_on": "never", "layers": layers}
+    client.put(f"/v1/runs/{RUN_ID}", json=spec).raise_for_status()
+    stream = records(steps, np.random.default_rng(0))
+    while batch := list(itertools.islice(stream, 1000)):
+        body, content_type = protocol.encode_batch(batch, attempt="a", n_layers=LAYERS)
+        reply = client.post(f"/v1/runs/{RUN_ID}/steps", content=body, headers={"Content-Type": content_type})
+        reply.raise_for_status()
     return time.perf_counter() - began
 
 
@@ -164,10 +156,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
-        print(f"ingested {args.steps:,} steps through the engine in {build(db, args.steps):.1f} s")
         times: dict[str, list[float]] = {"page": [], "series": [], "baseline": [], "read_series": []}
         sizes: dict[str, int] = {}
         with running_service(db=db) as url, httpx.Client(base_url=url, timeout=120) as client, sync_playwright() as pw:
+            print(f"streamed {args.steps:,} steps to the service in {build(client, args.steps):.1f} s")
             context = launch(pw, Path(tmp) / "profile")
             try:
                 open_page(context, url)  # warm: the service's first request, chromium's first tab

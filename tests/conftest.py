@@ -106,41 +106,26 @@ def service(tmp_path: Path) -> Iterator[Service]:
         yield Service(server.url, client, db)
 
 
-class ServiceProcess:
-    """``nanwatch serve`` in a child process (for kill -9 and CLI tests)."""
+class ChildProcess:
+    """A server in a child process with its output in a log file: started once ``health_url`` answers 200,
+    stopped (SIGTERM, then SIGKILL) by the test that started it."""
 
-    def __init__(self, db: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db = db
+    def __init__(self, name: str, health_url: str, log: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.name, self.health_url, self.log = name, health_url, log
         self.env = {**os.environ, **(extra_env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServiceProcess:
-        args = [
-            sys.executable,
-            "-m",
-            "nanwatch_service.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--db",
-            str(self.db),
-            "--log-level",
-            "warning",
-        ]
-        self.log = self.db.with_suffix(".log")
+    def start_process(self, args: list[str]) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._healthy, timeout=60, what=f"nanwatch serve on {self.url}")
-        return self
+        wait_until(self._healthy, timeout=60, what=f"{self.name} at {self.health_url}")
 
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"nanwatch serve exited: {self.log.read_text()[-2000:]}")
+            raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            return httpx.get(self.health_url, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -157,6 +142,21 @@ class ServiceProcess:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class ServiceProcess(ChildProcess):
+    """``nanwatch serve`` in a child process (for kill -9, CLI and chain tests)."""
+
+    def __init__(self, db: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = db
+        super().__init__("nanwatch serve", f"{self.url}/healthz", db.with_suffix(".log"), extra_env)
+
+    def start(self) -> ServiceProcess:
+        args = [sys.executable, "-m", "nanwatch_service.cli", "serve", "--port", str(self.port)]
+        self.start_process([*args, "--db", str(self.db), "--log-level", "warning"])
+        return self
 
 
 @pytest.fixture

@@ -490,16 +490,15 @@ class Monitor:
             return None
 
     def _send_batch(self, batch: _Batch, timeout: float) -> _Outcome:
-        body = {
-            "protocol": protocol.PROTOCOL_VERSION,
-            "attempt": self.attempt,
-            "records": batch.records,
-            "acks": batch.acks,
-            "dropped": self._dropped,
-            "final": batch.final,
-        }
         try:
-            data = protocol.dumps(body, self.content_type)
+            data, _ = protocol.encode_batch(
+                batch.records,
+                attempt=self.attempt,
+                acks=batch.acks,
+                dropped=self._dropped,
+                final=batch.final,
+                content_type=self.content_type,
+            )
         except (ValueError, TypeError, OverflowError) as exc:
             return self._reject(batch, _Reply(0, error=f"could not encode the batch: {exc}"))
         return self._on_steps_reply(batch, self._request("POST", f"/v1/runs/{self.run_id}/steps", data, timeout))
@@ -672,9 +671,7 @@ def _make_record(
     if skipped is not None:
         record["skipped"] = bool(skipped)
     if layers:
-        record["layers"] = {
-            _layer_field(k): np.asarray(v, dtype=np.float64).ravel().tolist() for k, v in layers.items()
-        }
+        record["layers"] = {_layer_field(k): np.array(v, dtype=np.float64).ravel() for k, v in layers.items()}
     return record
 
 

@@ -1,4 +1,4 @@
-"""Wire protocol v1, shared by the client and the service.
+"""Wire protocol, shared by the client and the service (protocol 2; protocol 1 stays accepted).
 
 Three messages travel between a training job and the service:
 
@@ -11,17 +11,26 @@ Three messages travel between a training job and the service:
 - the **ingest reply**: ``{"accepted": n, "commands": [...]}``, which is how halts reach the job.
 
 A step record holds scalars (``step``, ``wall_time``, ``loss``, ``lr``, ``grad_norm``, ``loss_scale``,
-``skipped``) and per-layer statistics under ``layers``, columnar: one array per statistic, one entry per
-layer of the run's layer table, in that order. Any optional field may be absent; a layer statistic that
-does not apply to a layer (a weight norm on a layer without weights) is sent as 0.0 and ignored by the
-service, which knows from the layer table (``params``) which layers hold weights.
+``skipped``) and per-layer statistics (:data:`LAYER_FIELDS`), one entry per layer of the run's layer
+table, in that order. Any optional field may be absent; a layer statistic that does not apply to a layer
+(a weight norm on a layer without weights) is sent as 0.0 and ignored by the service, which knows from
+the layer table (``params``) which layers hold weights.
+
+Protocol 2 (msgpack only; what :func:`encode_batch` builds) carries a batch's records as columns
+(:class:`~nanwatch.columns.StepColumns`): ``steps`` packed little-endian int64, ``scalars`` (the names,
+once per batch) with ``scalar_values`` packed little-endian float64 ``steps × scalars``, ``layer_stats``
+(the names) with ``n_layers`` and ``layer_values`` packed float64 ``steps × layers × statistics``, and an
+optional ``present`` (one byte 0/1 per step and scalar-then-statistic, when some record lacks a value; an
+absent value is never spelled NaN, which is data). ``dtype``, when sent, must be ``"<f8"``. The service
+views the arrays with ``numpy.frombuffer``, so a batch decodes without a Python float per value.
+Protocol 1 carries ``records`` as maps, in msgpack or JSON.
 
 Encodings: ``application/msgpack`` carries IEEE doubles as they are (bit for bit, NaN, ±Inf, -0.0 and
 subnormals included); ``application/json`` carries non-finite floats as the strings ``"NaN"``,
 ``"Infinity"`` and ``"-Infinity"`` in both directions, never as ``null`` or a bare ``NaN`` token.
 
 ``decode_*`` functions validate and normalise; a bad message raises :class:`ProtocolError` naming the
-offending field by its path (``records[3].layers.act_std[7]``).
+offending field by its path (``records[3].layers.act_std[7]``, ``layer_values``).
 """
 
 from __future__ import annotations
@@ -29,12 +38,22 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
+import numpy as np
+import numpy.typing as npt
 
-PROTOCOL_VERSION: Final = 1
+from nanwatch.columns import SCALAR_COLUMNS as SCALAR_COLUMNS
+from nanwatch.columns import StepColumns as StepColumns
+from nanwatch.fields import LAYER_FIELDS as LAYER_FIELDS
+from nanwatch.fields import SCALAR_FIELDS as SCALAR_FIELDS
+
+PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSIONS: Final = (1, 2)
+"""Step batches of both are accepted; registrations and replies are the same in both."""
 
 MSGPACK: Final = "application/msgpack"
 JSON: Final = "application/json"
@@ -46,25 +65,6 @@ HALT_POLICIES: Final = ("critical", "warning", "never")
 DTYPE_POLICIES: Final = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16", "float64")
 LAYER_DTYPES: Final = ("float16", "bfloat16", "float32", "float64")
 """A layer's compute dtype (optional in the layer table; the Keras callback sends it)."""
-
-SCALAR_FIELDS: Final = ("wall_time", "loss", "lr", "grad_norm", "loss_scale")
-"""Optional float scalars of a step record (``step`` is a required int, ``skipped`` an optional bool)."""
-
-LAYER_FIELDS: Final = (
-    "grad_norm",  # L2 norm of the layer's gradients (scale-safe: non-finite only if a gradient is)
-    "grad_mean_abs",  # mean |g| over the layer's gradients
-    "weight_norm",  # L2 norm of the layer's weights after the update (scale-safe)
-    "update_norm",  # ‖Δw‖ of this step's update
-    "act_mean",  # mean of the layer's output
-    "act_std",  # standard deviation of the layer's output
-    "act_max_abs",  # max |output| over finite entries; +Inf if any output is ±Inf
-    "act_frac_zero",  # fraction of outputs exactly 0
-    "act_frac_nonfinite",  # fraction of outputs NaN or ±Inf; NaN: some are, the share was not measured
-    "act_frac_saturated",  # fraction within 1e-7 of a bounded activation's bounds (sigmoid/tanh/softmax)
-    "act_frac_zero_var",  # fraction of rows (samples) whose output has zero variance
-    "in_max_abs",  # max |input| of the layer, for its gain (output vs input magnitude)
-)
-"""Per-layer statistics of a step record, each an array as long as the layer table."""
 
 COMMAND_ACTIONS: Final = ("halt",)
 COMMAND_SOURCES: Final = ("detector", "operator", "alertmanager", "client")
@@ -232,10 +232,12 @@ MAX_LAYERS: Final = 4096
 MAX_RECORDS: Final = 10_000
 
 
-def _check_protocol(obj: Mapping[str, Any]) -> None:
-    version = obj.get("protocol", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError("protocol", f"this service speaks protocol {PROTOCOL_VERSION}, got {version!r}")
+def _check_protocol(obj: Mapping[str, Any], versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> int:
+    version = obj.get("protocol", 1)
+    if type(version) is not int or version not in versions:
+        spoken = " and ".join(map(str, versions))
+        raise ProtocolError("protocol", f"this service speaks protocol {spoken} here, got {_show(version)}")
+    return version
 
 
 def decode_run(obj: Any) -> dict[str, Any]:
@@ -275,14 +277,25 @@ def _decode_layer(obj: Any, field: str) -> dict[str, Any]:
 
 
 def decode_batch(obj: Any, n_layers: int | None = None) -> dict[str, Any]:
-    """Validate a step batch; ``n_layers`` (the run's layer table length) checks the layer arrays."""
+    """Validate a step batch of either protocol; return it as protocol 1 spells it, its records as maps
+    (what tools and test stand-ins read). ``n_layers`` (the run's layer table length) checks the layer arrays.
+    The service itself reads batches as columns, with :func:`decode_steps`."""
     obj = _mapping(obj, "body")
+    if _check_protocol(obj) == 2:
+        columnar = decode_steps(obj, n_layers)
+        return {
+            "protocol": 2,
+            "attempt": columnar.attempt,
+            "records": columnar.columns.records(),
+            "acks": columnar.acks,
+            "dropped": columnar.dropped,
+            "final": columnar.final,
+        }
     _no_unknown(obj, "", _BATCH_KEYS)
-    _check_protocol(obj)
     records = _list(obj.get("records", []), "records", MAX_RECORDS)
     acks = _list(obj.get("acks", []), "acks", 1000)
     return {
-        "protocol": PROTOCOL_VERSION,
+        "protocol": 1,
         "attempt": _str(obj.get("attempt", "0"), "attempt", 64, ATTEMPT_PATTERN),
         "records": [decode_record(r, f"records[{i}]", n_layers) for i, r in enumerate(records)],
         "acks": [_decode_ack(a, f"acks[{i}]") for i, a in enumerate(acks)],
@@ -314,6 +327,193 @@ def _decode_ack(obj: Any, field: str) -> dict[str, Any]:
     obj = _mapping(obj, field)
     _no_unknown(obj, field, _ACK_KEYS)
     return {"id": _str(obj.get("id"), f"{field}.id", 64), "step": _int(obj.get("step"), f"{field}.step", 0)}
+
+
+_COLUMNAR_KEYS: Final = frozenset(
+    {
+        "protocol",
+        "attempt",
+        "steps",
+        "scalars",
+        "scalar_values",
+        "layer_stats",
+        "n_layers",
+        "layer_values",
+        "present",
+        "dtype",
+        "acks",
+        "dropped",
+        "final",
+    }
+)
+FLOAT_DTYPE: Final = "<f8"
+"""The one dtype protocol 2 packs its values in: little-endian IEEE float64."""
+
+
+@dataclass(frozen=True, eq=False)
+class StepBatch:
+    """A validated ``POST .../steps`` body, whichever protocol carried it: its records as columns."""
+
+    protocol: int
+    attempt: str
+    columns: StepColumns
+    acks: list[dict[str, Any]]
+    dropped: int
+    final: bool
+
+
+def decode_steps(obj: Any, n_layers: int | None = None) -> StepBatch:
+    """Validate a step batch of protocol 1 or 2; ``n_layers`` (the run's layer table length) checks the
+    per-layer arrays. Raises ProtocolError naming the offending field."""
+    obj = _mapping(obj, "body")
+    if _check_protocol(obj) == 1:
+        batch = decode_batch(obj, n_layers)
+        columns = StepColumns.from_records(batch["records"], n_layers)
+        return StepBatch(1, batch["attempt"], columns, batch["acks"], batch["dropped"], batch["final"])
+    _no_unknown(obj, "", _COLUMNAR_KEYS)
+    acks = _list(obj.get("acks", []), "acks", 1000)
+    return StepBatch(
+        protocol=2,
+        attempt=_str(obj.get("attempt", "0"), "attempt", 64, ATTEMPT_PATTERN),
+        columns=_decode_columns(obj, n_layers),
+        acks=[_decode_ack(a, f"acks[{i}]") for i, a in enumerate(acks)],
+        dropped=_int(obj.get("dropped", 0), "dropped", minimum=0),
+        final=_bool(obj.get("final", False), "final"),
+    )
+
+
+def _decode_columns(obj: Mapping[str, Any], n_layers: int | None) -> StepColumns:
+    if obj.get("dtype", FLOAT_DTYPE) != FLOAT_DTYPE:
+        raise ProtocolError(
+            "dtype", f"values travel as {FLOAT_DTYPE!r} (little-endian float64), got {_show(obj['dtype'])}"
+        )
+    steps = _steps(obj.get("steps", b""))
+    n = len(steps)
+    scalar_names = _names(obj.get("scalars", []), "scalars", SCALAR_COLUMNS)
+    scalars = _packed(obj.get("scalar_values", b""), "scalar_values", (n, len(scalar_names)), "steps × scalars")
+    layer_names = _names(obj.get("layer_stats", []), "layer_stats", LAYER_FIELDS)
+    width = _n_layers(obj.get("n_layers"), n_layers, bool(layer_names))
+    layers = _packed(
+        obj.get("layer_values", b""), "layer_values", (n, width, len(layer_names)), "steps × layers × statistics"
+    )
+    present = _present(obj.get("present"), n, len(scalar_names) + len(layer_names))
+    columns = StepColumns(steps, scalar_names, scalars, layer_names, layers, present)
+    _check_skipped(columns)
+    return columns if present is None else _absent_as_nan(columns, present)
+
+
+def _bin(value: Any, field: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise ProtocolError(field, f"expected packed bytes (msgpack bin), got {_show(value)}")
+    return value
+
+
+def _steps(value: Any) -> npt.NDArray[np.int64]:
+    data = _bin(value, "steps")
+    if len(data) % 8:
+        raise ProtocolError("steps", f"expected little-endian int64, 8 bytes a step; got {len(data)} bytes")
+    if len(data) // 8 > MAX_RECORDS:
+        raise ProtocolError("steps", f"more than {MAX_RECORDS} steps; send fewer records per request")
+    steps = np.frombuffer(data, dtype="<i8").astype(np.int64)
+    if len(steps) and (steps.min() < 0 or steps.max() > 2**62):
+        raise ProtocolError("steps", "every step must be in 0 .. 2**62")
+    return steps
+
+
+def _names(value: Any, field: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    names = _list(value, field, len(known))
+    for i, name in enumerate(names):
+        if name not in known:
+            raise ProtocolError(f"{field}[{i}]", f"unknown name {_show(name)}; expected one of {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ProtocolError(field, "a name is listed twice")
+    return tuple(names)
+
+
+def _n_layers(value: Any, expected: int | None, needed: bool) -> int:
+    if value is None:
+        if needed:
+            raise ProtocolError("n_layers", "required with layer_stats")
+        return expected or 0
+    width = _int(value, "n_layers", minimum=0)
+    if needed and expected is not None and width != expected:
+        raise ProtocolError("n_layers", f"the run's layer table has {expected} layers, the batch {width}")
+    return width
+
+
+def _packed(value: Any, field: str, shape: tuple[int, ...], layout: str) -> npt.NDArray[np.float64]:
+    data = _bin(value, field)
+    expected = 8 * math.prod(shape)
+    if len(data) != expected:
+        dims = " × ".join(map(str, shape))
+        raise ProtocolError(
+            field, f"expected {expected} bytes ({layout} = {dims} little-endian float64), got {len(data)}"
+        )
+    return np.frombuffer(data, dtype=FLOAT_DTYPE).reshape(shape)
+
+
+def _present(value: Any, n: int, width: int) -> npt.NDArray[np.bool_] | None:
+    if value is None:
+        return None
+    data = _bin(value, "present")
+    if len(data) != n * width:
+        raise ProtocolError("present", f"expected {n * width} bytes (steps × names, one byte each), got {len(data)}")
+    flags = np.frombuffer(data, dtype=np.uint8).reshape(n, width)
+    if (flags > 1).any():
+        raise ProtocolError("present", "each byte must be 0 (absent) or 1 (present)")
+    return None if flags.all() else flags.astype(bool)
+
+
+def _check_skipped(columns: StepColumns) -> None:
+    values, present = columns.scalar("skipped")
+    if ((values != 0.0) & (values != 1.0) & present).any():
+        raise ProtocolError("scalar_values", "skipped must be 0.0 or 1.0")
+
+
+def _absent_as_nan(columns: StepColumns, present: npt.NDArray[np.bool_]) -> StepColumns:
+    """The arrays with NaN where a value is absent (what a sender wrote there is not data)."""
+    k = len(columns.scalar_names)
+    scalars = np.where(present[:, :k], columns.scalars, np.nan)
+    layers = np.where(present[:, None, k:], columns.layers, np.nan)
+    return StepColumns(columns.steps, columns.scalar_names, scalars, columns.layer_names, layers, present)
+
+
+def encode_batch(
+    records: Sequence[Mapping[str, Any]] | StepColumns,
+    *,
+    attempt: str,
+    acks: Sequence[Mapping[str, Any]] = (),
+    dropped: int = 0,
+    final: bool = False,
+    content_type: str = MSGPACK,
+    n_layers: int | None = None,
+) -> tuple[bytes, str]:
+    """The body of ``POST /v1/runs/{run_id}/steps`` and its Content-Type: protocol 2 (columns) in msgpack,
+    protocol 1 (records as maps) in JSON. ``records`` are ``log_step``-style maps (per-layer values as
+    lists or arrays) or columns; ``n_layers`` is the run's layer table length (default: the first layer
+    array's). The one place a request body of step records is built."""
+    columns = records if isinstance(records, StepColumns) else StepColumns.from_records(records, n_layers)
+    batch = {"attempt": attempt, "acks": list(acks), "dropped": dropped, "final": final}
+    if content_type == JSON:
+        return dumps({"protocol": 1, **batch, "records": columns.records()}, JSON), JSON
+    if content_type != MSGPACK:
+        raise ProtocolError("content-type", f"unsupported {content_type!r}; use {MSGPACK} or {JSON}")
+    return dumps({"protocol": 2, **batch, **columns_to_wire(columns)}, MSGPACK), MSGPACK
+
+
+def columns_to_wire(columns: StepColumns) -> dict[str, Any]:
+    """The protocol-2 fields that carry ``columns`` (packed little-endian arrays and their names)."""
+    wire: dict[str, Any] = {
+        "steps": columns.steps.astype("<i8").tobytes(),
+        "scalars": list(columns.scalar_names),
+        "scalar_values": np.ascontiguousarray(columns.scalars, dtype=FLOAT_DTYPE).tobytes(),
+        "layer_stats": list(columns.layer_names),
+        "n_layers": columns.n_layers,
+        "layer_values": np.ascontiguousarray(columns.layers, dtype=FLOAT_DTYPE).tobytes(),
+    }
+    if columns.present is not None:
+        wire["present"] = columns.present.astype(np.uint8).tobytes()
+    return wire
 
 
 def decode_reply(obj: Any) -> dict[str, Any]:

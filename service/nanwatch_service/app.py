@@ -3,15 +3,17 @@ in the lifespan, and every app has its own Prometheus registry."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 import nanwatch
+from nanwatch_service.alerts import AlertLedger
 from nanwatch_service.api import ROUTERS
 from nanwatch_service.engine import Engine, UnknownRun
 from nanwatch_service.metrics import ServiceMetrics
@@ -30,9 +32,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         engine = Engine(opened, settings)
         app.state.metrics.attach(engine)
         app.state.engine = engine
+        engine.start()
+        watching = asyncio.create_task(engine.watch_commands(), name="nanwatch-commands")
         try:
             yield
         finally:
+            watching.cancel()
+            await run_in_threadpool(engine.close)
             if store is None:
                 opened.close()
 
@@ -44,6 +50,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics(CollectorRegistry())
+    app.state.alert_ledger = AlertLedger()
     for router in ROUTERS:
         app.include_router(router)
     _add_handlers(app)
@@ -63,5 +70,5 @@ def _add_handlers(app: FastAPI) -> None:
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus exposition of run-level and service metrics."""
-        body = await run_in_threadpool(generate_latest, app.state.metrics.registry)
+        body = await run_in_threadpool(app.state.metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,22 +1,32 @@
 """The service's core, free of HTTP: register runs, ingest step batches, decide and deliver halts.
 
-One ingest request is one store transaction: the records, the acknowledgements, the events they raise,
-the halt they trigger and the commands handed back are committed together before the reply leaves. A
-detector's halt therefore rides on the reply to the very request that carried the offending record.
+An ingest request is decided on the event loop from the run's in-memory state (:class:`RunState`), without
+a database read: the batch is decoded into columns, re-sent records dropped, the detectors run over the
+whole batch, episodes opened and closed, acknowledgements and the halt policy applied, and the commands
+due picked. What that decided is one :class:`IngestWrite`, handed to the group committer; the reply leaves
+once its transaction is committed. A detector's halt therefore rides on the reply to the very request that
+carried the offending record, and every acknowledged record is durable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from nanwatch_service.detectors import Finding
+from starlette.concurrency import run_in_threadpool
+
+from nanwatch import protocol
+from nanwatch.columns import StepColumns
+from nanwatch_service.committer import GroupCommitter
+from nanwatch_service.detectors import EpisodeChange, Finding
 from nanwatch_service.halt import finding_to_halt, halt_reason, is_in_force, new_command, wire_command
-from nanwatch_service.run_state import EventKey, RunState, event_from, worsen
+from nanwatch_service.run_state import RunState, event_from, snapshot, worsen
 from nanwatch_service.settings import Settings
 from nanwatch_service.store import Store, StoreError
+from nanwatch_service.store.base import IngestWrite, RunProgress
 
 
 class UnknownRun(LookupError):
@@ -36,8 +46,20 @@ class Engine:
         self.clock = clock
         self._states: dict[str, RunState] = {}
         self._states_lock = threading.Lock()
+        self._loading: dict[str, asyncio.Future[RunState]] = {}
         self.on_records: Callable[[int], None] = lambda n: None
         self.on_halt: Callable[[str], None] = lambda source: None
+        self.on_commit: Callable[[float], None] = lambda seconds: None
+        """Called with the seconds each group commit took, writes and commit (the store latency)."""
+        self.committer = GroupCommitter(store, on_commit=lambda seconds: self.on_commit(seconds))
+
+    def start(self) -> None:
+        """Start writing (the app's lifespan calls it)."""
+        self.committer.start()
+
+    def close(self) -> None:
+        """Write what is queued and stop writing."""
+        self.committer.close()
 
     # ------------------------------------------------------------------ runs
     def register(self, run_id: str, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -87,93 +109,139 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ ingest
-    def ingest(self, run_id: str, batch: dict[str, Any]) -> dict[str, Any]:
-        """Store a batch, run the detectors, apply acks and the halt policy; return the reply."""
-        state = self.state(run_id)
-        with state.lock:
-            try:
-                commands = self._ingest_locked(state, batch)
-            except StoreError:
-                self._forget(run_id)  # the detectors saw records the store did not keep
-                raise
-        self.on_records(len(batch["records"]))
-        return {"accepted": len(batch["records"]), "commands": [wire_command(c) for c in commands]}
+    async def ingest(self, run_id: str, message: Any) -> dict[str, Any]:
+        """Decode a step batch (ProtocolError when it is bad), decide it, commit it; return the reply."""
+        state = await self.state(run_id)
+        batch = protocol.decode_steps(message, n_layers=state.n_layers)
+        async with state.lock:
+            await self._learn_acked_commands(state, batch.acks)
+            write, deliver = self._decide(state, batch)
+        try:
+            await self.committer.write(write)
+        except StoreError:
+            self._forget(run_id)  # the detectors saw records the store did not keep
+            raise
+        self.on_records(batch.columns.n)
+        return {"accepted": batch.columns.n, "commands": [wire_command(c) for c in deliver]}
 
-    def _ingest_locked(self, state: RunState, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _learn_acked_commands(self, state: RunState, acks: list[dict[str, Any]]) -> None:
+        """Fetch the commands acknowledged here that another replica issued (rare: once per halt)."""
+        unknown = [ack["id"] for ack in acks if ack["id"] not in state.commands]
+        for command_id in unknown:
+            command = await run_in_threadpool(self.store.get_command, state.run_id, command_id)
+            if command is not None:
+                state.commands[command_id] = command
+
+    def _decide(self, state: RunState, batch: protocol.StepBatch) -> tuple[IngestWrite, list[dict[str, Any]]]:
         now = self.clock()
-        records = state.unseen(batch["attempt"], batch["records"])
-        findings = state.pipeline.process(records) if records else []
-        changes = state.tracker.update([r["step"] for r in records], findings)
-        with self.store.transaction():
-            self.store.insert_steps(state.run_id, batch["attempt"], records, now)
-            for ack in batch["acks"]:
-                self._acknowledge(state, ack["id"], ack["step"], now)
-            self._record_episodes(state, changes, findings)
-            self._apply_policy(state, findings, records, now)
-            state.remember(records)
-            state.last_seen = now
-            if batch["final"] and state.status == "running":
-                state.status = "finished"
-            self._save_state(state, batch, len(records), now)
-            return self.store.deliverable_commands(state.run_id, now, self.settings.redelivery_s)
-
-    def _save_state(self, state: RunState, batch: dict[str, Any], stored: int, now: float) -> None:
-        self.store.count_records(state.run_id, stored=stored, dropped=batch["dropped"])
-        self.store.update_run(
-            state.run_id,
+        fresh = batch.columns.take(state.recent.fresh(batch.attempt, batch.columns))
+        findings = state.pipeline.process(fresh)
+        changes = state.tracker.update(fresh.steps.tolist(), findings)
+        write = IngestWrite(state.run_id, batch.attempt, now, fresh)
+        status, halt = self._acknowledge(state, write, batch.acks, now)
+        self._record_episodes(state, write, changes, findings)
+        self._apply_policy(state, write, findings, fresh, now)
+        state.remember(fresh)
+        state.last_seen = now
+        if batch.final and state.status == "running":
+            state.status = status = "finished"
+        write.progress = RunProgress(
             last_seen=now,
             last_step=state.last_step,
-            status=state.status,
             health=state.health,
             steps_to_nonfinite=state.steps_to_nonfinite,
-            last_attempt=batch["attempt"],
+            stored=fresh.n,
+            dropped=batch.dropped,
+            attempt=batch.attempt,
+            status=status,
+            halt=halt,
         )
+        return write, self._deliverable(state, write, now)
 
-    def _record_episodes(self, state: RunState, changes: list[Any], findings: list[Finding]) -> None:
+    def _acknowledge(
+        self, state: RunState, write: IngestWrite, acks: list[dict[str, Any]], now: float
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """Apply the job's acknowledgements; the run's new status and halt when one was a halt."""
+        status = halt = None
+        for ack in acks:
+            write.acks.append((ack["id"], ack["step"]))
+            command = state.commands.get(ack["id"])
+            if command is None or command["acked_at"] is not None:
+                continue  # unknown, or acknowledged before: the first acknowledgement wins
+            command.update(acked_at=now, acked_step=ack["step"])
+            if command["action"] == "halt":
+                state.status = status = "halted"
+                halt = _halt_doc(command)
+        return status, halt
+
+    def _record_episodes(
+        self, state: RunState, write: IngestWrite, changes: list[EpisodeChange], findings: list[Finding]
+    ) -> None:
         for change in changes:
-            if change.kind == "started" and change.key not in state.open_events:
-                self._start_event(state, change.finding)
+            if change.kind == "started" and change.key not in state.open_events and change.finding is not None:
+                event = event_from(change.finding)
+                state.open_events[change.key] = event
+                state.events_total[(change.finding.detector, change.finding.severity)] += 1
+                write.new_events.append((event, snapshot(event)))
             elif change.kind == "ended" and change.key in state.open_events:
                 event = state.open_events.pop(change.key)
                 event.update(state="closed", end_step=change.step)
-                self.store.update_event(state.run_id, event["id"], event)
-        dirty: set[EventKey] = set()
+                write.changed_events.append((event, snapshot(event)))
+        worsened: dict[int, dict[str, Any]] = {}
         for finding in findings:
-            key = (finding.detector, finding.layer)
-            if key in state.open_events:
-                if worsen(state.open_events[key], finding):
+            current = state.open_events.get(finding.key)
+            if current is not None:
+                if worsen(current, finding):
                     state.events_total[(finding.detector, finding.severity)] += 1
-                dirty.add(key)
-        for key in dirty:
-            self.store.update_event(state.run_id, state.open_events[key]["id"], state.open_events[key])
+                worsened[id(current)] = current
+        write.changed_events += [(event, snapshot(event)) for event in worsened.values()]
 
-    def _start_event(self, state: RunState, finding: Finding) -> None:
-        event = event_from(finding)
-        event["id"] = self.store.insert_event(state.run_id, event)
-        state.open_events[(finding.detector, finding.layer)] = event
-        state.events_total[(finding.detector, finding.severity)] += 1
-
-    def _apply_policy(self, state: RunState, findings: list[Finding], records: list[Any], now: float) -> None:
+    def _apply_policy(
+        self, state: RunState, write: IngestWrite, findings: list[Finding], fresh: StepColumns, now: float
+    ) -> None:
         culprit = finding_to_halt(state.spec.get("halt_on", "critical"), findings)
-        if culprit is None or is_in_force(self.store.active_halt(state.run_id), state.status):
+        if culprit is None or is_in_force(state.latest_halt, state.status):
             return
-        at_step = max(r["step"] for r in records)
         command = new_command(
-            reason=halt_reason(culprit), source="detector", step=culprit.step, at_step=at_step, now=now
+            reason=halt_reason(culprit), source="detector", step=culprit.step, at_step=int(fresh.steps.max()), now=now
         )
-        self.store.insert_command(state.run_id, command)
+        state.commands[command["id"]] = command
+        write.new_commands.append(command)
         self.on_halt("detector")
 
-    def _acknowledge(self, state: RunState, command_id: str, step: int, now: float) -> None:
-        command = self.store.ack_command(state.run_id, command_id, step, now)
-        if command is None or command["action"] != "halt":
-            return
-        state.status = "halted"
-        self.store.update_run(state.run_id, status="halted", halt=_halt_doc(command))
+    def _deliverable(self, state: RunState, write: IngestWrite, now: float) -> list[dict[str, Any]]:
+        """Unacknowledged commands never delivered, or delivered over ``redelivery_s`` ago; marks them."""
+        due = [
+            command
+            for command in state.commands.values()
+            if command["acked_at"] is None
+            and (command["delivered_at"] is None or command["delivered_at"] < now - self.settings.redelivery_s)
+        ]
+        for command in sorted(due, key=lambda c: c["created_at"]):
+            command["delivered_at"] = now
+            write.delivered.append(command["id"])
+        return due
 
     # ------------------------------------------------------------------ operator halts
-    def halt(self, run_id: str, *, reason: str, source: str) -> tuple[dict[str, Any], bool]:
+    async def halt(self, run_id: str, *, reason: str, source: str) -> tuple[dict[str, Any], bool]:
         """Queue a halt for the run's next ingest reply; idempotent while one is in force."""
+        state = self._states.get(run_id)
+        if state is not None:
+            async with state.lock:  # decided against what this replica holds, not behind its back
+                return await self._halt(run_id, state, reason, source)
+        return await self._halt(run_id, None, reason, source)
+
+    async def _halt(self, run_id: str, state: RunState | None, reason: str, source: str) -> tuple[dict[str, Any], bool]:
+        if state is not None and is_in_force(state.latest_halt, state.status):
+            return _public_command(state.latest_halt or {}), False
+        command, created = await run_in_threadpool(self._halt_in_store, run_id, reason, source)
+        if created:
+            if state is not None:
+                state.commands[command["id"]] = command
+            self.on_halt(source)
+        return _public_command(command), created
+
+    def _halt_in_store(self, run_id: str, reason: str, source: str) -> tuple[dict[str, Any], bool]:
         now = self.clock()
         with self.store.transaction():
             row = self.store.get_run(run_id)
@@ -181,20 +249,48 @@ class Engine:
                 raise UnknownRun(run_id)
             current = self.store.active_halt(run_id)
             if current is not None and is_in_force(current, row["status"]):
-                return _public_command(current), False
+                return current, False
             at_step = row["last_step"] or 0
             command = new_command(reason=reason, source=source, step=row["last_step"], at_step=at_step, now=now)
             self.store.insert_command(run_id, command)
-        self.on_halt(source)
-        return _public_command(command), True
+        return command, True
+
+    # ------------------------------------------------------------------ other replicas
+    async def watch_commands(self) -> None:
+        """On a shared store, look every ``command_poll_s`` for commands another replica issued to the
+        runs held here, so that their next ingest reply delivers them."""
+        if not self.store.shared:
+            return
+        while True:
+            await asyncio.sleep(self.settings.command_poll_s)
+            try:
+                commands = await run_in_threadpool(self.store.unacked_commands)
+            except StoreError:
+                continue  # the next look retries; ingest reports the outage itself
+            self.learn_commands(commands)
+
+    def learn_commands(self, commands: list[dict[str, Any]]) -> None:
+        """Add commands issued elsewhere to the runs held here (those already known stay as they are)."""
+        for command in commands:
+            state = self._states.get(command["run_id"])
+            if state is not None and command["id"] not in state.commands:
+                state.commands[command["id"]] = {k: v for k, v in command.items() if k != "run_id"}
 
     # ------------------------------------------------------------------ cache
-    def state(self, run_id: str) -> RunState:
-        """The run's in-memory state, loaded from the store on first use."""
+    async def state(self, run_id: str) -> RunState:
+        """The run's in-memory state, loaded from the store on first use (once, however many ask)."""
         with self._states_lock:
             state = self._states.get(run_id)
         if state is not None:
             return state
+        loading = self._loading.get(run_id)
+        if loading is None:
+            loading = asyncio.ensure_future(run_in_threadpool(self._load, run_id))
+            self._loading[run_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(run_id, None))
+        return await asyncio.shield(loading)
+
+    def _load(self, run_id: str) -> RunState:
         row = self.store.get_run(run_id)
         if row is None:
             raise UnknownRun(run_id)

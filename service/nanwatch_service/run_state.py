@@ -1,23 +1,81 @@
-"""A replica's in-memory view of one run: detector state, open episodes, and the latest values.
+"""A replica's in-memory view of one run: detector state, open episodes, commands, and the latest values.
 
 This is a cache. The store holds the truth; a replica that meets a run for the first time rebuilds its
-view from the run's last ``window`` records and its open events (see :meth:`RunState.load`).
+view from the run's last ``window`` records, its open events and its commands (see :meth:`RunState.load`).
+Ingest reads and changes it on the event loop only, so a request never waits for a database read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import math
-import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+import numpy as np
+
+from nanwatch.columns import StepColumns
 from nanwatch_service.detectors import SEVERITY_RANK, EpisodeTracker, Finding, Pipeline
 from nanwatch_service.store import Store
+from nanwatch_service.store.chunks import StoredChunk
 
 EventKey = tuple[str, str | None]
-RecordKey = tuple[str, int, float | None]
-RECENT_KEYS = 50_000
+TOP_LAYERS: Final = 3
+"""Per-layer gradient norms kept for /metrics: the largest few, so a run exports at most this many
+per-layer series however deep its model is."""
+RECENT_KEYS: Final = 4096
+"""Records remembered per run to drop a re-sent batch (a client re-sends at most its last batch, ≤ 512)."""
+
+
+class RecentKeys:
+    """The last ``size`` records of a run by (attempt, step, wall time), as a ring of 64-bit hashes: a
+    re-sent batch (its reply was lost; the client delivers at least once) is recognised and stored once.
+
+    A batch whose steps rise and all lie past the highest step seen from its attempt (the usual case)
+    holds nothing seen before, and is only remembered.
+    """
+
+    def __init__(self, size: int = RECENT_KEYS) -> None:
+        self._ring = np.zeros(size, dtype=np.int64)
+        self._used = 0
+        self._next = 0
+        self._highest: dict[str, int] = {}
+
+    def fresh(self, attempt: str, columns: StepColumns) -> np.ndarray:
+        """A mask of the records not seen before; remembers them."""
+        steps = columns.steps
+        keys = self._keys(attempt, columns)
+        if len(steps) and steps[0] > self._highest.get(attempt, -1) and (np.diff(steps) > 0).all():
+            fresh = np.ones(len(keys), dtype=bool)
+        else:
+            _, first = np.unique(keys, return_index=True)  # a batch that repeats a record holds it once
+            fresh = np.zeros(len(keys), dtype=bool)
+            fresh[first] = True
+            fresh &= ~np.isin(keys, self._ring[: self._used])
+        self._remember(keys[fresh])
+        if len(steps):
+            self._highest[attempt] = max(self._highest.get(attempt, -1), int(steps.max()))
+            while len(self._highest) > 64:  # attempts of a resumed job come one after the other
+                del self._highest[next(iter(self._highest))]
+        return fresh
+
+    @staticmethod
+    def _keys(attempt: str, columns: StepColumns) -> np.ndarray:
+        wall, present = columns.scalar("wall_time")
+        times = [w if p else None for w, p in zip(wall.tolist(), present.tolist(), strict=True)]
+        steps = columns.steps.tolist()
+        return np.array([hash((attempt, s, t)) for s, t in zip(steps, times, strict=True)], dtype=np.int64)
+
+    def _remember(self, keys: np.ndarray) -> None:
+        size = len(self._ring)
+        keys = keys[-size:]
+        slots = (self._next + np.arange(len(keys))) % size
+        self._ring[slots] = keys
+        self._next = (self._next + len(keys)) % size
+        self._used = min(size, self._used + len(keys))
 
 
 @dataclass
@@ -34,10 +92,26 @@ class RunState:
     last_step: int | None = None
     loss: float | None = None
     grad_norm: float | None = None
+    loss_scale: float | None = None
+    top_grad_norms: list[tuple[str, float]] = field(default_factory=list)
+    """``(layer, grad_norm)`` of the ``TOP_LAYERS`` layers with the largest gradient norm, largest first."""
+    act_max_abs: float | None = None
+    """Max |activation| of the layer closest to its dtype's largest value (the least headroom)."""
+    act_dtype_max: float | None = None
+    """The largest finite value of that layer's compute dtype."""
     open_events: dict[EventKey, dict[str, Any]] = field(default_factory=dict)
     events_total: Counter[tuple[str, str]] = field(default_factory=Counter)
-    recent_keys: dict[RecordKey, None] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Commands not yet acknowledged, and the latest halt (acknowledged or not), by id."""
+    recent: RecentKeys = field(default_factory=RecentKeys)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while one request of this run is decided, so that the run's requests are taken in order."""
+
+    def __post_init__(self) -> None:
+        layers = self.pipeline.run
+        self._layer_names = layers.names
+        self._weighted = [i for i, has in enumerate(layers.has_weights) if has]
+        self._act_limits = [float(limit) for limit in layers.act_limits]
 
     @classmethod
     def load(cls, store: Store, row: dict[str, Any], *, horizon: int, window: int) -> RunState:
@@ -53,13 +127,27 @@ class RunState:
             last_seen=row["last_seen"],
             last_step=row["last_step"],
         )
-        history = store.recent_records(row["run_id"], window)
-        state.pipeline.warm(history)
-        state.remember(history)
+        state._replay(store.recent_chunks(row["run_id"], window), window)
         for event in store.list_events(row["run_id"], state="open", limit=10_000):
             state.open_events[(event["detector"], event["layer"])] = event
         state.tracker.update([], [_finding_of(event) for event in state.open_events.values()])
+        latest_halt = store.active_halt(row["run_id"])
+        for command in [*([latest_halt] if latest_halt else []), *store.pending_commands(row["run_id"])]:
+            state.commands[command["id"]] = command
         return state
+
+    def _replay(self, chunks: list[StoredChunk], window: int) -> None:
+        for chunk in chunks:
+            self.recent.fresh(chunk.attempt, chunk.columns)
+        history = StepColumns.concat([chunk.columns for chunk in chunks], n_layers=self.n_layers)
+        history = history.take(slice(max(0, history.n - window), None))
+        self.pipeline.warm(history)
+        self.remember(history)
+
+    @property
+    def n_layers(self) -> int:
+        """Entries in each per-layer statistic: the registered layer table's length."""
+        return len(self.spec.get("layers", []))
 
     @property
     def health(self) -> str:
@@ -72,25 +160,46 @@ class RunState:
         """The detectors' current forecast (+inf when nothing is heading to a non-finite value)."""
         return self.pipeline.steps_to_nonfinite
 
-    def unseen(self, attempt: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Drop records this replica already stored: the same attempt, step and wall time is a re-send
-        of a request whose reply was lost (the client delivers at least once)."""
-        fresh = []
-        for record in records:
-            key = (attempt, record["step"], record.get("wall_time"))
-            if key not in self.recent_keys:
-                self.recent_keys[key] = None
-                fresh.append(record)
-        for _ in range(len(self.recent_keys) - RECENT_KEYS):
-            del self.recent_keys[next(iter(self.recent_keys))]
-        return fresh
+    @property
+    def latest_halt(self) -> dict[str, Any] | None:
+        """The run's latest halt command, acknowledged or not."""
+        halts = [c for c in self.commands.values() if c["action"] == "halt"]
+        return max(halts, key=lambda c: c["created_at"], default=None)
 
-    def remember(self, records: list[dict[str, Any]]) -> None:
-        """Keep the latest step, loss and grad norm for the metrics."""
-        for record in records[-1:]:
-            self.last_step = record["step"]
-            self.loss = record.get("loss", self.loss)
-            self.grad_norm = record.get("grad_norm", self.grad_norm)
+    @property
+    def overflow_headroom(self) -> float | None:
+        """How many times the tightest layer's max |activation| fits below its dtype's limit."""
+        if self.act_max_abs is None or self.act_dtype_max is None:
+            return None
+        return self.act_dtype_max / self.act_max_abs if self.act_max_abs > 0 else math.inf
+
+    def remember(self, columns: StepColumns) -> None:
+        """Keep what /metrics exports, from the last record only: a value it lacks keeps the one before."""
+        if not columns.n:
+            return
+        [record] = columns.take(slice(columns.n - 1, None)).records()
+        self.last_step = record["step"]
+        self.loss = record.get("loss", self.loss)
+        self.grad_norm = record.get("grad_norm", self.grad_norm)
+        self.loss_scale = record.get("loss_scale", self.loss_scale)
+        layers = record.get("layers") or {}
+        if "grad_norm" in layers:
+            self.top_grad_norms = self._largest_grad_norms(layers["grad_norm"])
+        if "act_max_abs" in layers:
+            self._remember_tightest_activation(layers["act_max_abs"])
+
+    def _largest_grad_norms(self, norms: Sequence[float]) -> list[tuple[str, float]]:
+        # A NaN norm is the most interesting of all: it ranks first.
+        top = heapq.nlargest(TOP_LAYERS, self._weighted, key=lambda i: norms[i] if norms[i] == norms[i] else math.inf)
+        return [(self._layer_names[i], norms[i]) for i in top]
+
+    def _remember_tightest_activation(self, max_abs: Sequence[float]) -> None:
+        # NaN (not measured on this step) and 0 (nothing to overflow) are left out; with no layer left, the
+        # last measurement stays.
+        measured = [i for i, value in enumerate(max_abs) if value > 0]
+        if measured:
+            tightest = max(measured, key=lambda i: max_abs[i] / self._act_limits[i])
+            self.act_max_abs, self.act_dtype_max = max_abs[tightest], self._act_limits[tightest]
 
     def exported(self, now: float, stale_after_s: float) -> bool:
         """Whether Prometheus should see this run: not finished and not silent."""
@@ -116,6 +225,13 @@ def event_from(finding: Finding) -> dict[str, Any]:
         "steps_to_nonfinite": _forecast(finding),
         "severity_steps": {finding.severity: finding.step},
     }
+
+
+def snapshot(event: dict[str, Any]) -> dict[str, Any]:
+    """An event's fields as they are now, for the store (the live dict keeps changing)."""
+    copied = {k: v for k, v in event.items() if k != "id"}
+    copied["severity_steps"] = dict(event.get("severity_steps", {}))
+    return copied
 
 
 def worsen(event: dict[str, Any], finding: Finding) -> bool:

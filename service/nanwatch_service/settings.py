@@ -20,6 +20,9 @@ class Settings:
     """``postgresql://...`` to share state between replicas."""
     token: str | None = None
     """When set, writes (register, ingest, halt, webhook) need ``Authorization: Bearer <token>``."""
+    webhook_token: str | None = None
+    """When set, the Alertmanager webhook also takes this token, which opens nothing else; the webhook then
+    needs a token even when ``token`` is unset. Alertmanager reads it from a credentials file."""
     max_body_bytes: int = 16 * 1024 * 1024
     stale_after_s: float = 300.0
     """A running run silent for this long reads as ``stale`` and stops being exported to Prometheus."""
@@ -29,6 +32,8 @@ class Settings:
     """Steps of history a detector keeps (and a replica reloads from the store)."""
     redelivery_s: float = 30.0
     """A delivered command not acknowledged after this long is delivered again."""
+    command_poll_s: float = 1.0
+    """On PostgreSQL, how often a replica looks for halts that another replica issued to its runs."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

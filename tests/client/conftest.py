@@ -1,4 +1,4 @@
-"""A small real HTTP service that speaks protocol v1, for testing the client's transport.
+"""A small real HTTP service that speaks the protocol (1 and 2), for testing the client's transport.
 
 ``FakeService`` runs the stdlib ``ThreadingHTTPServer`` on 127.0.0.1 in a thread. It validates what it
 receives with the protocol's own decoders (a bad message gets a 422, as the real service answers), keeps

@@ -6,19 +6,21 @@ tests of the alert rules (deploy/prometheus/rules/nanwatch_test.yml). The tools 
     apt-get install prometheus prometheus-alertmanager
 
 A missing tool fails these tests (CI installs them); it never skips them.
-The YAML files are parsed with PyYAML (the dev extra must provide it).
+The YAML files are parsed with PyYAML (the dev extra must provide it). That every query returns data
+against a live Prometheus is tests/deploy/test_chain.py's part.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.deploy.promql import dashboard_queries, metric_names, selectors, signal, substitute, variable_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,7 +29,9 @@ PROM_CONFIG = PROM_DIR / "prometheus.yml"
 RULES = PROM_DIR / "rules" / "nanwatch.yml"
 RULES_TEST = PROM_DIR / "rules" / "nanwatch_test.yml"
 AM_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "nanwatch.json"
+DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+FLEET = DASHBOARDS / "fleet.json"
+RUN = DASHBOARDS / "run.json"
 GRAFANA_DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_DASHBOARD_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "nanwatch.yml"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -36,7 +40,8 @@ K8S = DEPLOY / "k8s"
 
 INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
 
-# The metric names of the design (DESIGN.md, "Metrics"). A histogram is queried through its series.
+# The metric names of the design (DESIGN.md, "Metrics", and issue 15's additions). A histogram is
+# queried through its series.
 RUN_METRICS = {
     "nanwatch_run_loss",
     "nanwatch_run_grad_norm",
@@ -44,6 +49,11 @@ RUN_METRICS = {
     "nanwatch_run_health",
     "nanwatch_run_halted",
     "nanwatch_run_steps_to_nonfinite",
+    "nanwatch_run_loss_scale",
+    "nanwatch_run_layer_grad_norm",
+    "nanwatch_run_act_max_abs",
+    "nanwatch_run_act_dtype_max",
+    "nanwatch_run_overflow_headroom",
     "nanwatch_events_total",
 }
 SERVICE_METRICS = {
@@ -51,7 +61,8 @@ SERVICE_METRICS = {
     "nanwatch_active_runs",
     "nanwatch_halts_total",
 }
-HISTOGRAMS = {"nanwatch_ingest_request_duration_seconds"}
+HISTOGRAMS = {"nanwatch_ingest_request_duration_seconds", "nanwatch_store_commit_duration_seconds"}
+PROMETHEUS_OWN = {"up", "ALERTS"}
 DESIGN_METRICS = (
     RUN_METRICS | SERVICE_METRICS | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 )
@@ -65,6 +76,7 @@ EXPECTED_ALERTS = {
     "NanwatchIngestDown",
     "NanwatchIngestSlow",
 }
+HALTING_ALERTS = {"NanwatchRunCritical", "NanwatchNonfiniteForecast", "NanwatchNonfiniteLoss"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -96,55 +108,22 @@ def _load_yaml(path: Path) -> Any:
     return _yaml().safe_load(path.read_text())
 
 
-_PROMQL_KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-    "and", "or", "unless", "inf", "nan", "atan2",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects (functions, keywords and labels left out)."""
-    s = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # string literals
-    s = re.sub(r"\{[^}]*\}", " ", s)  # label matchers
-    s = re.sub(r"\[[^\]]*\]", " ", s)  # range and subquery selectors
-    s = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)  # label lists
-    names = set()
-    for m in re.finditer(r"(?<![\w$.])([A-Za-z_:][A-Za-z0-9_:]*)\b(\s*\()?", s):
-        name, is_call = m.group(1), m.group(2)
-        if is_call or name.lower() in _PROMQL_KEYWORDS:
-            continue
-        names.add(name)
-    return names
-
-
 def _alert_rules() -> list[dict[str, Any]]:
     doc = _load_yaml(RULES)
     return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
 
 
-def _dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+def _dashboard(path: Path) -> dict[str, Any]:
+    dash: dict[str, Any] = json.loads(path.read_text())
+    return dash
 
 
-def _panel_targets(dash: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for panel in dash["panels"]:
-        for sub in [panel, *panel.get("panels", [])]:  # rows may nest panels
-            for target in sub.get("targets", []):
-                found.append((sub["title"], target))
-    return found
+def _panels(dash: dict[str, Any]) -> list[dict[str, Any]]:
+    return [sub for panel in dash["panels"] for sub in [panel, *panel.get("panels", [])]]
 
 
-_GRAFANA_VARS = {"run_id": ".*", "__rate_interval": "1m", "__interval": "1m", "__range": "1h"}
-
-
-def _substitute_grafana_vars(expr: str) -> str:
-    def repl(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2)
-        assert name in _GRAFANA_VARS, f"unknown Grafana variable ${name} in {expr!r}"
-        return _GRAFANA_VARS[name]
-
-    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", repl, expr)
+# Grafana's variables as a test fills them in: any team and run, the intervals at a 2s scrape.
+_GRAFANA_VARS = {"team": ".*", "run_id": ".*", "__rate_interval": "8s", "__interval": "2s", "__range": "1h"}
 
 
 # ---------------------------------------------------------------------------------------- prometheus
@@ -156,7 +135,12 @@ def test_metric_name_extraction_sees_through_promql() -> None:
         " > 1 unless on (run_id) max without (instance) (b offset 10m) or vector(0) and c != c"
     )
     assert metric_names(expr) == {"a_bucket", "b", "c"}
+    assert selectors(expr) == {'a_bucket{job="x", le=~"1|2"}', "b", "c"}
+    assert signal(expr) == expr[: expr.index(" > 1 unless")]
     assert metric_names("abs(nanwatch_run_loss) == Inf") == {"nanwatch_run_loss"}
+    assert signal('max by (run_id) (x{a=~"b>c"} > 0) / y != 0') == 'max by (run_id) (x{a=~"b>c"} > 0) / y'
+    with pytest.raises(ValueError, match="no top-level comparison"):
+        signal("(x == 1)")
 
 
 def test_promtool_check_config(tmp_path: Path) -> None:
@@ -176,11 +160,17 @@ def test_prometheus_config_contents() -> None:
     assert (PROM_DIR / cfg["rule_files"][0]).resolve() == RULES
     jobs = {job["job_name"]: job for job in cfg["scrape_configs"]}
     nanwatch = jobs["nanwatch"]
-    assert nanwatch["scrape_interval"] == "5s"
+    # The halt chain's first two hops: a run's state reaches an alert within 2s + 2s.
+    assert nanwatch["scrape_interval"] == "2s"
+    (runs,) = [g for g in _load_yaml(RULES)["groups"] if g["name"] == "nanwatch-runs"]
+    assert runs["interval"] == nanwatch["scrape_interval"]
+    assert {r["alert"] for r in runs["rules"]} >= HALTING_ALERTS
     assert nanwatch.get("metrics_path", "/metrics") == "/metrics"
     assert [t for sc in nanwatch["static_configs"] for t in sc["targets"]] == ["nanwatch:8000"]
     am_targets = [t for am in cfg["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
     assert am_targets == ["alertmanager:9093"]
+    grafana = _load_yaml(GRAFANA_DATASOURCES)["datasources"][0]
+    assert grafana["jsonData"]["timeInterval"] == nanwatch["scrape_interval"], "Grafana's $__rate_interval uses it"
 
 
 def test_promtool_check_rules() -> None:
@@ -189,14 +179,15 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in out, out
 
 
-def test_promtool_unit_tests_of_alert_rules() -> None:
+def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert() -> None:
     promtool = _tool("promtool")
     out = _run([promtool, "test", "rules", str(RULES_TEST)], cwd=RULES_TEST.parent)
     assert "SUCCESS" in out, out
-    # The unit tests must exercise every alert, firing at least once.
-    doc = _load_yaml(RULES_TEST)
-    fired = {case["alertname"] for test in doc["tests"] for case in test["alert_rule_test"] if case.get("exp_alerts")}
-    assert fired == EXPECTED_ALERTS
+    cases = [case for test in _load_yaml(RULES_TEST)["tests"] for case in test["alert_rule_test"]]
+    fired = {case["alertname"] for case in cases if case.get("exp_alerts")}
+    quiet = {case["alertname"] for case in cases if not case.get("exp_alerts")}
+    assert fired == EXPECTED_ALERTS, f"alerts never tested firing: {sorted(EXPECTED_ALERTS - fired)}"
+    assert quiet == EXPECTED_ALERTS, f"alerts never tested quiet: {sorted(EXPECTED_ALERTS - quiet)}"
 
 
 def test_alert_rules_contract() -> None:
@@ -206,18 +197,29 @@ def test_alert_rules_contract() -> None:
         assert rule["labels"]["severity"] in {"critical", "warning"}, name
         for key in ("summary", "description", "runbook"):
             assert rule["annotations"].get(key), f"{name} lacks annotation {key}"
-        if name.startswith("NanwatchRun") or name.startswith("NanwatchNonfinite"):
-            assert "$labels.run_id" in rule["annotations"]["summary"], f"{name}'s summary must name the run"
-        unknown = metric_names(rule["expr"]) - DESIGN_METRICS - {"up"}
+        signal(rule["expr"])  # SIGNAL <comparison> THRESHOLD: the chain test runs the signal
+        unknown = metric_names(rule["expr"]) - DESIGN_METRICS - PROMETHEUS_OWN
         assert not unknown, f"{name} uses metrics outside the design: {sorted(unknown)}"
+        if name.startswith(("NanwatchRun", "NanwatchNonfinite")):
+            assert "$labels.run_id" in rule["annotations"]["summary"], f"{name}'s summary must name the run"
+            assert "by (run_id, team)" in rule["expr"], f"{name} must carry exactly run_id and team"
+            dashboard = rule["annotations"]["dashboard"]
+            assert "/d/nanwatch-run/" in dashboard and "var-run_id={{ $labels.run_id }}" in dashboard
+            assert rule["annotations"]["run"].endswith("/v1/runs/{{ $labels.run_id }}")
+    critical = {name for name, rule in rules.items() if rule["labels"]["severity"] == "critical"}
+    halting = {name for name in critical if "run_id" in rules[name]["expr"]}
+    assert halting == HALTING_ALERTS
+    for name in HALTING_ALERTS:
+        assert rules[name].get("for", "0m") in {"0m", "0s"}, f"{name} must act at its first evaluation"
+        assert "unless on (run_id) (nanwatch_run_halted == 1)" in rules[name]["expr"]
 
-    critical = rules["NanwatchRunCritical"]
-    assert critical["labels"]["severity"] == "critical"
-    assert critical.get("for", "0m") in {"0m", "0s"}
-    assert "nanwatch_run_health" in critical["expr"]
+    forecast = rules["NanwatchNonfiniteForecast"]["expr"]
+    assert "nanwatch_run_steps_to_nonfinite" in forecast and "deriv(nanwatch_run_step[1m]) > 0" in forecast
+    assert "nanwatch_run_health) >= 1" in forecast
+    assert "nanwatch_run_health" in rules["NanwatchRunCritical"]["expr"]
     assert rules["NanwatchRunWarning"]["for"] == "2m"
-    # NaN compares false with everything in PromQL: the rule must use x != x.
-    assert "nanwatch_run_loss != nanwatch_run_loss" in rules["NanwatchNonfiniteLoss"]["expr"]
+    # NaN compares false with everything in PromQL: x * 0 != 0 is true exactly for NaN and ±Inf.
+    assert "(nanwatch_run_loss * 0) != 0" in rules["NanwatchNonfiniteLoss"]["expr"]
     assert "(changes(nanwatch_run_step[10m])) == 0" in rules["NanwatchRunStalled"]["expr"]
     assert "nanwatch_run_halted" in rules["NanwatchRunStalled"]["expr"]
     assert rules["NanwatchIngestDown"]["expr"].strip() == 'up{job="nanwatch"} == 0'
@@ -238,6 +240,7 @@ def test_amtool_check_config() -> None:
     [
         (["alertname=NanwatchRunCritical", "severity=critical", "run_id=resnet-lr3e-4", "team=vision"],
          "nanwatch-halt"),
+        (["alertname=NanwatchNonfiniteForecast", "severity=critical", "run_id=r1", "team=nlp"], "nanwatch-halt"),
         (["alertname=NanwatchNonfiniteLoss", "severity=critical", "run_id=r1", "team=nlp"], "nanwatch-halt"),
         (["alertname=NanwatchRunWarning", "severity=warning", "run_id=r1", "team=nlp"], "null"),
         (["alertname=NanwatchIngestDown", "severity=critical", "job=nanwatch"], "null"),
@@ -259,87 +262,129 @@ def test_alertmanager_webhook_receiver() -> None:
     assert set(receivers["null"]) == {"name"}, "the default receiver must deliver nowhere"
     (hook,) = receivers["nanwatch-halt"]["webhook_configs"]
     assert hook["url"] == "http://nanwatch:8000/v1/alertmanager"
-    assert hook["send_resolved"] is False
+    assert hook["send_resolved"] is True, "resolved alerts are recorded as events of the run"
     (halt_route,) = [r for r in cfg["route"]["routes"] if r["receiver"] == "nanwatch-halt"]
     assert halt_route["group_by"] == ["run_id"]
-    assert halt_route["group_wait"] in {"0s", "1s", "2s", "5s"}
+    assert halt_route["group_wait"] == "0s"
+
+
+def test_the_webhook_token_is_a_credentials_file_shared_with_nanwatch() -> None:
+    (hook,) = {r["name"]: r for r in _load_yaml(AM_CONFIG)["receivers"]}["nanwatch-halt"]["webhook_configs"]
+    auth = hook["http_config"]["authorization"]
+    assert auth["type"] == "Bearer" and "credentials" not in auth
+    path = Path(auth["credentials_file"])
+    assert not path.is_absolute(), "relative to alertmanager.yml, so the same file works mounted and in the tests"
+    token = (AM_CONFIG.parent / path).read_text().strip()
+    nanwatch = _load_yaml(COMPOSE)["services"]["nanwatch"]
+    assert nanwatch["environment"]["NANWATCH_WEBHOOK_TOKEN"] == token
 
 
 # ------------------------------------------------------------------------------------------- grafana
 
 
-def test_dashboard_structure() -> None:
-    dash = _dashboard()
-    assert 38 <= dash["schemaVersion"] <= 41
-    assert dash["uid"] == "nanwatch"
-    (var,) = [v for v in dash["templating"]["list"] if v["name"] == "run_id"]
-    assert var["type"] == "query"
-    assert var["definition"] == "label_values(nanwatch_run_step, run_id)"
-    assert var["query"]["query"] == "label_values(nanwatch_run_step, run_id)"
+def test_two_dashboards_with_fixed_uids() -> None:
+    assert sorted(p.name for p in DASHBOARDS.glob("*.json")) == ["fleet.json", "run.json"]
+    for path, uid in ((FLEET, "nanwatch-fleet"), (RUN, "nanwatch-run")):
+        dash = _dashboard(path)
+        assert dash["uid"] == uid and 38 <= dash["schemaVersion"] <= 41
+        ids = [p["id"] for p in _panels(dash)]
+        assert len(ids) == len(set(ids)), f"{path.name}: panel ids must be unique"
+        for p in _panels(dash):
+            assert {"x", "y", "w", "h"} <= set(p["gridPos"]), p["title"]
+            assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
+        team = {v["name"]: v for v in dash["templating"]["list"]}["team"]
+        assert team["definition"] == team["query"]["query"] == "label_values(nanwatch_run_step, team)"
 
-    panels = {p["title"]: p for p in dash["panels"]}
-    ids = [p["id"] for p in dash["panels"]]
-    assert len(ids) == len(set(ids)), "panel ids must be unique"
-    for p in dash["panels"]:
-        assert {"x", "y", "w", "h"} <= set(p["gridPos"]), p["title"]
-        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
 
-    def panel(word: str) -> dict[str, Any]:
-        matches = [p for title, p in panels.items() if word.lower() in title.lower()]
-        assert matches, f"no panel titled with {word!r}: {sorted(panels)}"
+def test_the_run_dashboard_shows_each_view_of_one_run() -> None:
+    dash = _dashboard(RUN)
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["run_id"]["definition"] == 'label_values(nanwatch_run_step{team=~"$team"}, run_id)'
+    assert variables["run_id"]["multi"] is False
+    titles = {p["title"].lower(): p for p in _panels(dash)}
+
+    def panel(words: str) -> dict[str, Any]:
+        matches = [p for title, p in titles.items() if words in title]
+        assert matches, f"no panel titled with {words!r}: {sorted(titles)}"
         return matches[0]
 
-    for word in ("loss", "gradient norm"):
-        scale = panel(word)["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]
-        assert scale["type"] == "log", f"{word} panel must use a log scale"
+    for words in ("loss (log", "gradient norm", "activation", "headroom"):
+        assert panel(words)["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]["type"] == "log", words
+    assert any("layer_grad_norm" in t["expr"] for t in panel("gradient norm")["targets"])
+    used = set().union(*(metric_names(expr) for _, expr in dashboard_queries(dash)))
+    required = RUN_METRICS - {"nanwatch_events_total"} | {"nanwatch_events_total", "ALERTS"}
+    assert required <= used, f"missing views of {sorted(required - used)}"
+    annotations = {a["name"]: a["expr"] for a in dash["annotations"]["list"] if "expr" in a}
+    assert set(annotations) == {"Alerts", "Events", "Halt"}
+    assert "nanwatch_run_halted" in annotations["Halt"] and "nanwatch_events_total" in annotations["Events"]
+    links = {link["title"]: link["url"] for link in dash["links"]}
+    assert links["Fleet"].startswith("/d/nanwatch-fleet/")
+    assert links["This run (REST)"].endswith("/v1/runs/${run_id}")
 
-    # Each required view, identified by the metric its queries read.
-    required = (RUN_METRICS - {"nanwatch_run_step", "nanwatch_run_halted"}) | SERVICE_METRICS
-    required |= {"nanwatch_ingest_request_duration_seconds_bucket"}
-    used = set().union(*(metric_names(t["expr"]) for _, t in _panel_targets(dash)))
-    assert required <= used, f"missing panels for {sorted(required - used)}"
-    assert "detector" in panel("events")["targets"][0]["expr"]
+
+def test_the_fleet_dashboard_rows_open_the_run_dashboard() -> None:
+    dash = _dashboard(FLEET)
+    titles = [p["title"] for p in _panels(dash)]
+    for words in ("health per team", "halts by source", "events by detector", "closest to a non-finite",
+                  "ingest rate", "request latency", "store latency", "replicas up"):  # fmt: skip
+        assert any(words in t.lower() for t in titles), f"no fleet panel about {words!r}: {titles}"
+    tables = [p for p in _panels(dash) if p["type"] == "table"]
+    assert len(tables) == 2
+    for table in tables:
+        (link,) = [
+            prop["value"][0]
+            for override in table["fieldConfig"]["overrides"]
+            if override["matcher"]["options"] == "run_id"
+            for prop in override["properties"]
+            if prop["id"] == "links"
+        ]
+        assert link["url"].startswith("/d/nanwatch-run/") and "var-run_id=${__data.fields.run_id}" in link["url"]
+    used = set().union(*(metric_names(expr) for _, expr in dashboard_queries(dash)))
+    assert SERVICE_METRICS | {f"{h}_bucket" for h in HISTOGRAMS} | {"up"} <= used
+    (closest,) = [p for p in tables if "closest" in p["title"].lower()]
+    assert all("< +Inf" in t["expr"] for t in closest["targets"]), "+Inf (no forecast) must not sort first"
 
 
-def test_dashboard_queries_use_only_design_metrics() -> None:
-    targets = _panel_targets(_dashboard())
-    assert targets
-    for title, target in targets:
-        names = metric_names(target["expr"])
-        assert names, f"panel {title!r}: no metric in {target['expr']!r}"
-        unknown = names - DESIGN_METRICS
-        assert not unknown, f"panel {title!r} queries metrics outside the design: {sorted(unknown)}"
+@pytest.mark.parametrize("path", [FLEET, RUN], ids=["fleet", "run"])
+def test_dashboard_queries_use_the_design_metrics_and_variables(path: Path) -> None:
+    dash = _dashboard(path)
+    for where, expr in dashboard_queries(dash):
+        names = metric_names(expr)
+        assert names, f"{where}: no metric in {expr!r}"
+        unknown = names - DESIGN_METRICS - PROMETHEUS_OWN
+        assert not unknown, f"{where} queries metrics outside the design: {sorted(unknown)}"
         if names & RUN_METRICS:
-            assert "$run_id" in target["expr"], f"panel {title!r} ignores the run_id variable"
+            assert "$run_id" in expr or "$team" in expr, f"{where} ignores the team and run_id variables"
+        for target in [t for p in _panels(dash) for t in p.get("targets", [])]:
+            assert target["datasource"]["uid"] == "prometheus", "the provisioned datasource's uid"
 
 
-def test_dashboard_queries_parse_with_promtool(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", [FLEET, RUN], ids=["fleet", "run"])
+def test_dashboard_queries_parse_with_promtool(path: Path, tmp_path: Path) -> None:
     """Every dashboard expression, with Grafana's variables filled in, is valid PromQL for promtool."""
     promtool = _tool("promtool")
-    dash = _dashboard()
-    exprs = [target["expr"] for _, target in _panel_targets(dash)]
-    exprs += [v["definition"].removeprefix("label_values(").rsplit(",", 1)[0] for v in dash["templating"]["list"]]
+    dash = _dashboard(path)
+    exprs = [expr for _, expr in dashboard_queries(dash)] + [match for _, match, _ in variable_queries(dash)]
     rules = [
-        {"record": f"nanwatch:dashboard_query_{i}", "expr": _substitute_grafana_vars(e)} for i, e in enumerate(exprs)
+        {"record": f"nanwatch:dashboard_query_{i}", "expr": substitute(e, _GRAFANA_VARS)} for i, e in enumerate(exprs)
     ]
-    path = tmp_path / "dashboard_queries.yml"
-    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))  # JSON is YAML
-    out = _run([promtool, "check", "rules", str(path)])
+    rules_file = tmp_path / "dashboard_queries.yml"
+    rules_file.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))  # JSON is YAML
+    out = _run([promtool, "check", "rules", str(rules_file)])
     assert f"SUCCESS: {len(rules)} rules found" in out, out
 
 
 def test_grafana_provisioning() -> None:
     ds = _load_yaml(GRAFANA_DATASOURCES)
     (prom,) = ds["datasources"]
-    assert prom["type"] == "prometheus"
+    assert prom["type"] == "prometheus" and prom["uid"] == "prometheus"
     assert prom["url"] == "http://prometheus:9090"
-    uids = {t["datasource"]["uid"] for _, t in _panel_targets(_dashboard())}
-    assert uids == {prom["uid"]}, "the dashboard must use the provisioned datasource's uid"
-
     provider = _load_yaml(GRAFANA_DASHBOARD_PROVIDER)["providers"][0]
-    mounts = _load_yaml(COMPOSE)["services"]["grafana"]["volumes"]
-    assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in mounts
-    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+    grafana = _load_yaml(COMPOSE)["services"]["grafana"]
+    assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/fleet.json"
 
 
 # -------------------------------------------------------------------------------------------- compose

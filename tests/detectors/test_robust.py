@@ -53,7 +53,7 @@ def test_trailing_windows_end_at_or_before_each_record_and_pad_with_nan() -> Non
     assert np.isnan(early[0]).all() and early[1][-1] == 0.0
 
 
-def test_detectors_import_nothing_but_numpy_and_the_standard_library() -> None:
+def test_detectors_import_nothing_but_numpy_the_standard_library_and_the_columns() -> None:
     for path in Path(detectors.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
@@ -62,4 +62,6 @@ def test_detectors_import_nothing_but_numpy_and_the_standard_library() -> None:
                 names = [node.module or ""]
             else:
                 continue
-            assert {name.split(".")[0] for name in names} <= ALLOWED_IMPORTS, (path.name, names)
+            # nanwatch.columns is the wire's data structure: numpy arrays, no I/O
+            others = {name.split(".")[0] for name in names if name != "nanwatch.columns"}
+            assert others <= ALLOWED_IMPORTS, (path.name, names)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -60,9 +61,22 @@ def test_msgpack_round_trip_is_bit_exact(batch: dict[str, Any]) -> None:
 @given(batches())
 def test_json_round_trip_keeps_every_float_including_nonfinite(batch: dict[str, Any]) -> None:
     body = protocol.dumps(batch, protocol.JSON)
-    assert b"NaN" not in body.replace(b'"NaN"', b"") and b"null" not in body
+    plain = json.loads(body, parse_constant=_refuse)  # no bare NaN/Infinity token
+    assert None not in _leaves(plain)  # and no null standing for a float
     decoded = protocol.decode_batch(protocol.loads(body, protocol.JSON), N_LAYERS)
     assert bits(decoded, canonical_nan=True) == bits(batch, canonical_nan=True)
+
+
+def _refuse(token: str) -> None:
+    raise AssertionError(f"bare {token} in JSON")
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]
 
 
 @pytest.mark.parametrize(("value", "text"), [(math.nan, '"NaN"'), (math.inf, '"Infinity"'), (-math.inf, '"-Infinity"')])

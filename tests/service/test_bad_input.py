@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgpack
+import numpy as np
 import pytest
 
 from nanwatch import protocol
@@ -40,7 +42,7 @@ BAD_BATCHES = [
     ({"records": "many"}, "records"),
     ({"records": [], "dropped": -2}, "dropped"),
     ({"records": [], "acks": [{"id": "x"}]}, "acks[0].step"),
-    ({"records": [], "protocol": 2}, "protocol"),
+    ({"records": [], "protocol": 3}, "protocol"),
     ({"records": [], "attempt": "bad attempt!"}, "attempt"),
 ]
 
@@ -57,6 +59,58 @@ def test_malformed_batch_is_422_naming_the_field_and_stores_nothing(
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["field"] == field
     assert _snapshot(stored, "keep") == before
+
+
+def _columnar(**changes: Any) -> bytes:
+    """A valid protocol-2 body of 4 records over the 3-layer test table, with ``changes`` applied."""
+    body, _ = protocol.encode_batch([record(s) for s in range(10, 14)], attempt="a1")
+    message = msgpack.unpackb(body)
+    message.update(changes)
+    return msgpack.packb({k: v for k, v in message.items() if v is not None}, use_bin_type=True)
+
+
+BAD_COLUMNS = [
+    ({"scalar_values": b"\0" * 8}, "scalar_values"),  # wrong array length
+    ({"layer_values": np.zeros((4, 3, 12), dtype="<f4").tobytes()}, "layer_values"),  # float32, not float64
+    ({"dtype": "<f4"}, "dtype"),
+    ({"n_layers": 2}, "n_layers"),  # the run has 3 layers
+    ({"layer_values": np.zeros((4, 2, 12)).tobytes(), "n_layers": 2}, "n_layers"),
+    ({"steps": np.arange(5, dtype="<i8").tobytes()}, "scalar_values"),  # 5 steps, values for 4
+    ({"steps": b"\0" * 30}, "steps"),
+    ({"present": b"\1" * 3}, "present"),
+    ({"scalars": ["loss", "colour"]}, "scalars[1]"),
+    ({"protocol": 3}, "protocol"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field"), BAD_COLUMNS)
+def test_an_inconsistent_columnar_batch_is_422_naming_what_is_wrong_and_stores_nothing(
+    stored: Service, changes: dict[str, Any], field: str
+) -> None:
+    before = _snapshot(stored, "keep")
+    response = stored.client.post(
+        "/v1/runs/keep/steps", content=_columnar(**changes), headers={"Content-Type": protocol.MSGPACK}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["field"] == field
+    assert _snapshot(stored, "keep") == before
+
+
+def test_a_truncated_columnar_body_is_422_and_stores_nothing(stored: Service) -> None:
+    before = _snapshot(stored, "keep")
+    body = _columnar()
+    response = stored.client.post(
+        "/v1/runs/keep/steps", content=body[: len(body) // 2], headers={"Content-Type": protocol.MSGPACK}
+    )
+    assert response.status_code == 422 and response.json()["detail"][0]["field"] == "body"
+    assert _snapshot(stored, "keep") == before
+
+
+def test_the_same_columnar_batch_is_stored_once_it_is_valid(stored: Service) -> None:
+    headers = {"Content-Type": protocol.MSGPACK}
+    assert reply(stored.client.post("/v1/runs/keep/steps", content=_columnar(), headers=headers))["accepted"] == 4
+    steps = [row["step"] for row in stored.client.get("/v1/runs/keep/steps").json()["steps"]]
+    assert steps == [0, 1, 2, 10, 11, 12, 13]
 
 
 def test_body_over_the_size_limit_is_413_and_stores_nothing(tmp_path: Any) -> None:

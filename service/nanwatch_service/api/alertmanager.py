@@ -1,63 +1,31 @@
-"""``POST /v1/alertmanager``: Alertmanager's webhook (payload version 4). Each firing alert that carries
-a ``run_id`` label halts that run, through the same idempotent path as an operator halt."""
+"""``POST /v1/alertmanager``: Alertmanager's webhook (payload version 4). Each new firing alert that carries
+a ``run_id`` label halts that run, through the same idempotent path as an operator halt; every new
+notification, firing or resolved, is recorded as an event of its run (see :mod:`nanwatch_service.alerts`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, HTTPException, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
+from nanwatch_service import alerts
 from nanwatch_service.api.codec import error_detail, read_message, respond
-from nanwatch_service.api.deps import EngineDep, SettingsDep, Writer
-from nanwatch_service.engine import Engine, UnknownRun
+from nanwatch_service.api.deps import EngineDep, SettingsDep, WebhookCaller
 
 router = APIRouter(tags=["alertmanager"])
 
 
-@router.post("/v1/alertmanager", dependencies=[Writer])
+@router.post("/v1/alertmanager", dependencies=[WebhookCaller])
 async def alertmanager_webhook(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
-    """Halt every run named by a firing alert; report which were halted and which were skipped."""
+    """Halt the runs named by new firing alerts, record every new notification; report what was done.
+
+    The reply lists ``halted`` (with ``created`` false when the run's halt was already in force),
+    ``recorded``, the number of ``duplicates`` (repeats this replica had handled) and ``skipped`` alerts
+    (no valid ``run_id`` label, or an unknown run). A payload that is not version 4, or an alert without
+    ``status``, ``labels``, ``fingerprint`` or ``startsAt``, gets 422 naming the field."""
     message = await read_message(request, settings.max_body_bytes)
-    alerts = _firing_alerts(message)
-    outcome = await run_in_threadpool(_halt_all, engine, alerts)
+    try:
+        parsed = alerts.parse_notification(message)
+    except protocol.ProtocolError as exc:
+        raise HTTPException(422, detail=error_detail(exc)) from None
+    outcome = await alerts.handle(engine, request.app.state.alert_ledger, parsed)
     return respond(request, outcome)
-
-
-def _firing_alerts(message: Any) -> list[dict[str, Any]]:
-    if not isinstance(message, dict) or str(message.get("version")) != "4":
-        raise _invalid("version", 'expected an Alertmanager webhook payload with "version": "4"')
-    alerts = message.get("alerts")
-    if not isinstance(alerts, list) or not all(isinstance(a, dict) for a in alerts):
-        raise _invalid("alerts", "expected an array of alert objects")
-    return [a for a in alerts if a.get("status", message.get("status")) == "firing"]
-
-
-def _halt_all(engine: Engine, alerts: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    halted: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    for alert in alerts:
-        labels = alert.get("labels") or {}
-        run_id = labels.get("run_id")
-        if not isinstance(run_id, str) or not protocol.RUN_ID_PATTERN.fullmatch(run_id):
-            skipped.append({"alertname": labels.get("alertname"), "why": "no valid run_id label"})
-            continue
-        try:
-            command, created = engine.halt(run_id, reason=_reason(alert), source="alertmanager")
-        except UnknownRun:
-            skipped.append({"run_id": run_id, "why": "unknown run"})
-            continue
-        halted.append({"run_id": run_id, "command_id": command["id"], "created": created})
-    return {"halted": halted, "skipped": skipped}
-
-
-def _reason(alert: dict[str, Any]) -> str:
-    labels = alert.get("labels") or {}
-    annotations = alert.get("annotations") or {}
-    text = annotations.get("summary") or annotations.get("description") or ""
-    return f"alert {labels.get('alertname', 'unnamed')}: {text}".strip().rstrip(":")[:4096]
-
-
-def _invalid(field: str, message: str) -> HTTPException:
-    return HTTPException(422, detail=error_detail(protocol.ProtocolError(field, message)))

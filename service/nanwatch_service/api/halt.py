@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
 from nanwatch_service.api.codec import error_detail, read_message, respond
@@ -24,7 +23,7 @@ async def halt_run(run_id: RunId, request: Request, engine: EngineDep, settings:
     halted, the same command comes back (200) and nothing new is queued."""
     message = await read_message(request, settings.max_body_bytes)
     reason = _reason(message)
-    command, created = await run_in_threadpool(engine.halt, run_id, reason=reason, source="operator")
+    command, created = await engine.halt(run_id, reason=reason, source="operator")
     return respond(request, {"command": command, "created": created}, 202 if created else 200)
 
 

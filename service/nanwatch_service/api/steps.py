@@ -12,7 +12,6 @@ from nanwatch import protocol
 from nanwatch_service.api.codec import error_detail, read_message, respond
 from nanwatch_service.api.deps import EngineDep, RunId, SettingsDep, Writer
 from nanwatch_service.api.schemas import BATCH_BODY, request_body
-from nanwatch_service.engine import Engine
 
 router = APIRouter(prefix="/v1/runs/{run_id}/steps", tags=["steps"])
 
@@ -21,21 +20,16 @@ _RECORD_FIELDS = ("step", "skipped", "layers", *protocol.SCALAR_FIELDS)
 
 @router.post("", dependencies=[Writer], openapi_extra=request_body(BATCH_BODY))
 async def ingest_steps(run_id: RunId, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
-    """Store a batch of step records; the reply carries ``accepted`` and the run's pending commands."""
+    """Store a batch of step records (protocol 2 columns, or protocol 1 records); the reply carries
+    ``accepted`` and the run's pending commands, and leaves once the batch is committed."""
     started = time.perf_counter()
     message = await read_message(request, settings.max_body_bytes)
-    reply = await run_in_threadpool(_ingest, engine, run_id, message)
-    request.app.state.metrics.observe_ingest(time.perf_counter() - started)
-    return respond(request, reply)
-
-
-def _ingest(engine: Engine, run_id: str, message: Any) -> dict[str, Any]:
-    state = engine.state(run_id)
     try:
-        batch = protocol.decode_batch(message, n_layers=len(state.spec.get("layers", [])))
+        reply = await engine.ingest(run_id, message)
     except protocol.ProtocolError as exc:
         raise HTTPException(422, detail=error_detail(exc)) from None
-    return engine.ingest(run_id, batch)
+    request.app.state.metrics.observe_ingest(time.perf_counter() - started)
+    return respond(request, reply)
 
 
 @router.get("")
@@ -63,9 +57,10 @@ async def read_steps(
         attempt=attempt,
         after_seq=after_seq,
         limit=limit * every,
+        fields=chosen,
     )
     next_after = rows[-1]["seq"] if len(rows) == limit * every else None
-    steps = [_project(row, chosen) for row in rows[::every]]
+    steps = [_project(row) for row in rows[::every]]
     return respond(request, {"run_id": run_id, "steps": steps, "next_after_seq": next_after})
 
 
@@ -80,8 +75,5 @@ def _parse_fields(fields: str | None) -> tuple[str, ...] | None:
     return chosen
 
 
-def _project(row: dict[str, Any], chosen: tuple[str, ...] | None) -> dict[str, Any]:
-    record = row["record"]
-    if chosen is not None:
-        record = {k: v for k, v in record.items() if k in chosen or k == "step"}
-    return {"seq": row["seq"], "attempt": row["attempt"], "received_at": row["received_at"], **record}
+def _project(row: dict[str, Any]) -> dict[str, Any]:
+    return {"seq": row["seq"], "attempt": row["attempt"], "received_at": row["received_at"], **row["record"]}

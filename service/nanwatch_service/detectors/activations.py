@@ -38,8 +38,8 @@ class ZeroVariance:
         watched = ~view.run.relu_like  # all-zero rows after a ReLU are dead_relu's business
         if not watched.any():
             return []
-        zero_rows, _ = view.batch.layer("act_frac_zero_var", watched)
-        std, _ = view.batch.layer("act_std", watched)
+        zero_rows, _ = view.batch.layer("act_frac_zero_var")
+        std, _ = view.batch.layer("act_std")
         with np.errstate(invalid="ignore"):
             partial = (zero_rows > self.fraction) & (zero_rows < 1.0) & watched
             collapsed = (std == 0.0) & view.varied_before() & watched & ~partial
@@ -80,7 +80,7 @@ class DeadRelu:
         relu = view.run.relu
         if not relu.any():
             return []
-        zeros, _ = view.batch.layer("act_frac_zero", relu)
+        zeros, _ = view.batch.layer("act_frac_zero")
         with np.errstate(invalid="ignore"):
             dead = (zeros > self.fraction) & relu
         return [self._finding(view, i, layer, float(zeros[i, layer])) for i, layer in hits(dead)]

@@ -42,7 +42,7 @@ class Amplification:
             large = np.isfinite(out) & (out >= self.min_output)
         if not large.any():
             return []  # in_max_abs need not even be read
-        inp, _ = view.batch.layer("in_max_abs", np.asarray(large.any(axis=0), dtype=bool))
+        inp, _ = view.batch.layer("in_max_abs")
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             usable = np.isfinite(out) & np.isfinite(inp) & (inp > 0) & (out >= self.min_output)
             gain = ratio_where(usable, out, inp)

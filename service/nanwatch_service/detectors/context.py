@@ -33,7 +33,7 @@ class RunState:
         """Fold a processed batch into the history."""
         for name in SERIES:
             self.series[name] = view.series(name)[-self.window :].copy()
-        weight_norm, present = view.batch.layer("weight_norm", view.run.has_weights)
+        weight_norm, present = view.batch.layer("weight_norm")
         if present.any():
             self.last_weight_norm = weight_norm[np.flatnonzero(present)[-1]].copy()
         self.varied = view.varied_before()[-1] | view.varies()[-1]
@@ -130,7 +130,7 @@ class BatchView:
 
     def previous_weight_norm(self) -> FloatArray:
         """Per record and layer, the weight norm of the record before (the weights this update started from)."""
-        weight_norm, present = self.batch.layer("weight_norm", self.run.has_weights)
+        weight_norm, present = self.batch.layer("weight_norm")
         rows = np.where(present[:, None], weight_norm, np.nan)
         return np.vstack([self.state.last_weight_norm[None, :], rows[:-1]])
 
@@ -140,7 +140,7 @@ class BatchView:
         return varies
 
     def _varies(self) -> BoolArray:
-        std, _ = self.batch.layer("act_std", ~self.run.relu_like)
+        std, _ = self.batch.layer("act_std")
         with np.errstate(invalid="ignore"):
             varies: BoolArray = np.isfinite(std) & (std > 0)
         return varies

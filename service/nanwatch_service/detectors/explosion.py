@@ -74,7 +74,7 @@ def _describe(view: BatchView, i: int, z: float, steps: float) -> str:
 
 
 def _largest_layer(view: BatchView, i: int) -> str:
-    norms, present = view.batch.layer("grad_norm", view.run.has_weights)
+    norms, present = view.batch.layer("grad_norm")
     weighted = np.flatnonzero(view.run.has_weights)
     if not present[i] or len(weighted) == 0:
         return ""

@@ -83,10 +83,15 @@ def steps_to_limit(log_series: FloatArray, n: int, log_limit: float, window: int
 
 def _growing(log_series: FloatArray, n: int, window: int, increments: FloatArray, trend: Trend) -> npt.NDArray[np.intp]:
     """The records at which ``trend`` holds."""
-    rise = np.nansum(increments, axis=1)
-    rows = np.flatnonzero(_rising(increments, rise, trend.rising))
+    positive = increments > 0
+    gains = np.where(positive, increments, 0.0)
+    rows = np.flatnonzero(gains.sum(axis=1) >= MIN_RISE)  # the rise is at most the gains: usually none
     if len(rows):
-        rows = rows[_unusual(log_series, n, window, rows, rise[rows], trend)]
+        rise = np.nansum(increments[rows], axis=1)
+        rows = rows[_rising(positive[rows], gains[rows], rise, trend.rising)]
+    if len(rows):
+        rise = np.nansum(increments[rows], axis=1)
+        rows = rows[_unusual(log_series, n, window, rows, rise, trend)]
     return rows
 
 
@@ -95,9 +100,7 @@ def _forecast(increments: FloatArray, gap: FloatArray, *, accelerating: bool) ->
     return np.minimum(linear, _geometric(increments, gap)) if accelerating else linear
 
 
-def _rising(increments: FloatArray, rise: FloatArray, last: int) -> BoolArray:
-    positive = increments > 0
-    gains = np.where(positive, increments, 0.0)
+def _rising(positive: BoolArray, gains: FloatArray, rise: FloatArray, last: int) -> BoolArray:
     spread = gains.sum(axis=1) - gains.max(axis=1)  # the growth outside the largest single step
     rising: BoolArray = positive[:, -last:].all(axis=1) & (rise >= MIN_RISE) & (spread >= MIN_SPREAD)
     return rising

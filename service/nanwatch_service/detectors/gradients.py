@@ -29,7 +29,7 @@ class VanishingGradient:
 
     def detect(self, view: BatchView) -> list[Finding]:
         """A finding per record and layer whose gradients vanish."""
-        mean_abs, present = view.batch.layer("grad_mean_abs", view.run.has_weights)
+        mean_abs, present = view.batch.layer("grad_mean_abs")
         watched = view.run.has_weights & ~view.run.sparse_grads
         usable = np.isfinite(mean_abs) & watched & present[:, None] & ~view.batch.skipped[:, None]
         values = np.where(usable, mean_abs, np.nan)
@@ -65,8 +65,8 @@ class UpdateRatio:
 
     def detect(self, view: BatchView) -> list[Finding]:
         """A finding per record and layer whose update is larger than its weights."""
-        update, present = view.batch.layer("update_norm", view.run.has_weights)
-        current, _ = view.batch.layer("weight_norm", view.run.has_weights)
+        update, present = view.batch.layer("update_norm")
+        current, _ = view.batch.layer("weight_norm")
         before = view.previous_weight_norm()
         before = np.where(np.isfinite(before) & (before > 0), before, current)
         usable = view.run.has_weights & present[:, None] & ~view.batch.skipped[:, None]

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from nanwatch.columns import StepColumns
+
 from .batch import Batch, BoolArray, FloatArray
 from .context import BatchView, RunState, Settings
 from .nonfinite import holds_nonfinite
@@ -34,22 +36,19 @@ FORECAST_FIELDS: Final = (
 """The ``Store.read_series`` fields the forecast and the non-finite rule read."""
 
 
-class ColumnBatch(Batch):
-    """A :class:`Batch` over columns already read (``Store.read_series``) rather than over records."""
-
-    def __init__(self, steps: np.ndarray, columns: Mapping[str, Column], n_layers: int) -> None:
-        super().__init__([], n_layers)
-        self.n = len(steps)
-        self.steps = steps
-        self._columns = columns
-
-    def scalar(self, name: str) -> Column:
-        """``(values, present)`` of a scalar field."""
-        return self._columns[name]
-
-    def layer(self, field: str, columns: BoolArray | None = None) -> Column:
-        """``(values, present)`` of a per-layer field (every column: they are already read)."""
-        return self._columns[f"layers.{field}"]
+def _columns(steps: np.ndarray, columns: Mapping[str, Column]) -> StepColumns:
+    """The fields of :data:`FORECAST_FIELDS` as one ``StepColumns``, what a :class:`Batch` reads."""
+    scalars = [f for f in FORECAST_FIELDS if not f.startswith("layers.")]
+    layers = [f for f in FORECAST_FIELDS if f.startswith("layers.")]
+    n = len(steps)
+    return StepColumns(
+        steps=steps,
+        scalar_names=tuple(scalars),
+        scalars=np.column_stack([columns[f][0] for f in scalars]).reshape(n, len(scalars)),
+        layer_names=tuple(f.removeprefix("layers.") for f in layers),
+        layers=np.stack([columns[f][0] for f in layers], axis=2),
+        present=np.column_stack([columns[f][1] for f in (*scalars, *layers)]).reshape(n, len(FORECAST_FIELDS)),
+    )
 
 
 def steps_to_nonfinite(
@@ -58,8 +57,7 @@ def steps_to_nonfinite(
     """The forecast after each row: 0 at a row holding a non-finite value, +inf where nothing grows
     toward one. ``run`` is the decoded registration, ``columns`` hold :data:`FORECAST_FIELDS`."""
     info = RunInfo(run)
-    batch = ColumnBatch(steps, columns, info.n_layers)
-    view = BatchView(info, batch, RunState(info, window), Settings(window=window))
+    view = BatchView(info, Batch(_columns(steps, columns)), RunState(info, window), Settings(window=window))
     with np.errstate(all="ignore"):
         forecast = np.min([view.forecast(name) for name in FORECAST_SERIES], axis=0, initial=np.inf)
         return np.where(holds_nonfinite(view), 0.0, forecast)

@@ -140,15 +140,15 @@ def _bad_gradients(view: BatchView) -> tuple[BoolArray, BoolArray]:
     weighted = view.run.has_weights
     if (total_present & np.isfinite(total)).all():  # the global norm is finite only if every gradient is
         return np.zeros((view.n, view.run.n_layers), dtype=bool), bad_total
-    norm, present = view.batch.layer("grad_norm", weighted)
-    mean_abs, mean_present = view.batch.layer("grad_mean_abs", weighted)
+    norm, present = view.batch.layer("grad_norm")
+    mean_abs, mean_present = view.batch.layer("grad_mean_abs")
     bad = (present[:, None] & ~np.isfinite(norm)) | (mean_present[:, None] & ~np.isfinite(mean_abs))
     return bad & weighted & ~normal[:, None], bad_total
 
 
 def _bad_weights(view: BatchView) -> BoolArray:
-    norm, present = view.batch.layer("weight_norm", view.run.has_weights)
-    update, update_present = view.batch.layer("update_norm", view.run.has_weights)
+    norm, present = view.batch.layer("weight_norm")
+    update, update_present = view.batch.layer("update_norm")
     bad = (present[:, None] & ~np.isfinite(norm)) | (update_present[:, None] & ~np.isfinite(update))
     bad_weights: BoolArray = bad & view.run.has_weights & ~_scaler_skipped(view)[:, None]
     return bad_weights

@@ -8,6 +8,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from nanwatch.columns import StepColumns
+
 from .activations import DeadRelu, ZeroVariance
 from .amplification import Amplification
 from .base import Detector
@@ -38,6 +40,9 @@ DEFAULT_DETECTORS: Final[tuple[Detector, ...]] = (
 )
 """Every detector of the catalog with its default thresholds, in the order findings are listed."""
 
+Records = Sequence[Mapping[str, Any]] | StepColumns
+"""What a pipeline takes: a batch's columns, or protocol-1 records (tests, old stores)."""
+
 FORECAST_SERIES: Final = ("log_grad_norm", "log_act_fraction", "log_abs_loss")
 """Growing quantities whose forecast makes up :attr:`Pipeline.steps_to_nonfinite`."""
 
@@ -65,22 +70,23 @@ class Pipeline:
         self._state = RunState(self.run, window)
         self._steps_to_nonfinite = math.inf
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[Finding]:
-        """Findings active at each of ``records`` (decoded step records, in arrival order)."""
-        if not records:
-            return []
+    def process(self, records: Records) -> list[Finding]:
+        """Findings active at each of ``records`` (columns, or decoded protocol-1 records, in arrival order)."""
         view = self._view(records)
+        if not view.n:
+            return []
         with np.errstate(all="ignore"):  # NaN, Inf, 1e308 and subnormals are data here, not accidents
             findings = [finding for detector in self.detectors for finding in detector.detect(view)]
             self._advance(view)
         order = {int(step): i for i, step in enumerate(view.batch.steps)}
         return sorted(findings, key=lambda finding: order[finding.step])
 
-    def warm(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def warm(self, records: Records) -> None:
         """Rebuild the state from stored history (oldest first) without reporting anything."""
-        if records:
+        view = self._view(records)
+        if view.n:
             with np.errstate(all="ignore"):
-                self._advance(self._view(records))
+                self._advance(view)
 
     @property
     def steps_to_nonfinite(self) -> float:
@@ -92,8 +98,8 @@ class Pipeline:
         """The step of the last record processed or warmed."""
         return self._state.last_step
 
-    def _view(self, records: Sequence[Mapping[str, Any]]) -> BatchView:
-        return BatchView(self.run, Batch(records, self.run.n_layers), self._state, self.settings)
+    def _view(self, records: Records) -> BatchView:
+        return BatchView(self.run, Batch.of(records, self.run.n_layers), self._state, self.settings)
 
     def _advance(self, view: BatchView) -> None:
         forecasts = [float(view.forecast(name)[-1]) for name in FORECAST_SERIES]

@@ -54,9 +54,9 @@ class Saturation:
         run = view.run
         if not run.bounded.any():
             return []
-        share, _ = view.batch.layer("act_frac_saturated", run.bounded)
+        share, _ = view.batch.layer("act_frac_saturated")
         margin = self._margin(view)
-        zeros, _ = view.batch.layer("act_frac_zero", run.probability)
+        zeros, _ = view.batch.layer("act_frac_zero")
         warn_at, critical_at = self._margins(run.prob_eps)
         with np.errstate(invalid="ignore"):
             mostly = (share > self.fraction) & run.bounded

@@ -27,7 +27,7 @@ def global_grad_norm(run: RunInfo, batch: Batch) -> FloatArray:
     values, present = batch.scalar("grad_norm")
     if present.all():
         return values
-    layer_norms, layer_present = batch.layer("grad_norm", run.has_weights)
+    layer_norms, layer_present = batch.layer("grad_norm")
     with np.errstate(over="ignore", invalid="ignore"):
         combined = np.sqrt(np.sum(np.square(layer_norms[:, run.has_weights]), axis=1))
     return np.where(present, values, np.where(layer_present & run.has_weights.any(), combined, np.nan))

@@ -1,40 +1,94 @@
 """The Store protocol: what the service needs from a database, and nothing more.
 
-Every table is keyed by ``run_id`` first so that the history can be sharded by run unchanged. Writes
-happen inside ``with store.transaction():`` — one transaction per ingest request, committed before the
-reply leaves, so whatever the service acknowledged survives a SIGKILL.
+Every table is keyed by ``run_id`` first so that the history can be sharded by run unchanged. Ingest writes
+arrive as :class:`IngestWrite` values, many at a time (group commit): :meth:`Store.write_ingest` persists
+them inside one ``with store.transaction():``, committed before any of their replies leaves, so whatever
+the service acknowledged survives a SIGKILL.
 
-Step records and event details are stored as msgpack blobs: SQLite turns a NaN in a REAL column into
-NULL, and a blob keeps every float bit for bit.
+Step history is stored in chunks of packed columns (see ``store.chunks``); event details and run specs are
+msgpack blobs: SQLite turns a NaN in a REAL column into NULL, and a blob keeps every float bit for bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from nanwatch.protocol import LAYER_FIELDS, SCALAR_FIELDS
+from nanwatch.columns import SCALAR_COLUMNS, StepColumns
+from nanwatch.fields import LAYER_FIELDS
+from nanwatch_service.store.chunks import StoredChunk
 
 RUN_STATUSES = ("running", "halted", "finished", "stale")
 HEALTHS = ("ok", "warning", "critical")
-SERIES_FIELDS = (*SCALAR_FIELDS, "skipped", *(f"layers.{field}" for field in LAYER_FIELDS))
+SERIES_FIELDS = (*SCALAR_COLUMNS, *(f"layers.{field}" for field in LAYER_FIELDS))
 """What :meth:`Store.read_series` reads: a record's scalars, and its per-layer statistics as ``layers.<name>``."""
 
 Steps = npt.NDArray[np.int64]
 Column = tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]
-"""``(values, present)`` of one series field, as the detectors' ``Batch`` reads a field."""
+"""``(values, present)`` of one series field, as ``StepColumns`` and the detectors' ``Batch`` read one."""
+
+
+BIGGEST: Final = 2**62
+"""Query parameters are clamped to ±this: a huge integer from a URL must not overflow the database."""
+
+
+def clamp(value: int) -> int:
+    """``value`` within ±``BIGGEST``."""
+    return max(-BIGGEST, min(BIGGEST, value))
 
 
 class StoreError(RuntimeError):
     """The database failed or is unreachable."""
 
 
+@dataclass(frozen=True)
+class RunProgress:
+    """What one ingest request changes on its run's row. ``status`` None leaves the status as it is (a
+    request changes it only when the job finishes or acknowledges a halt)."""
+
+    last_seen: float
+    last_step: int | None
+    health: str
+    steps_to_nonfinite: float
+    stored: int
+    dropped: int
+    attempt: str
+    status: str | None = None
+    halt: dict[str, Any] | None = None
+
+
+@dataclass
+class IngestWrite:
+    """Everything one ingest request persists, decided before it is written.
+
+    Events are the engine's live dicts paired with a snapshot of their fields taken when the request was
+    processed: :meth:`Store.write_ingest` writes the snapshot and sets the live dict's ``id`` when it
+    inserts one, so a later request's update of the same event (written after it) finds the id.
+    """
+
+    run_id: str
+    attempt: str
+    received_at: float
+    columns: StepColumns
+    progress: RunProgress | None = None
+    new_events: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    changed_events: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    new_commands: list[dict[str, Any]] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+    acks: list[tuple[str, int]] = field(default_factory=list)
+
+
 class Store(Protocol):
     """Persistence for runs, step history, events and commands."""
+
+    shared: bool
+    """Whether several replicas may share this store (PostgreSQL), so that another replica's commands
+    reach this one only through the database."""
 
     def transaction(self) -> AbstractContextManager[None]:
         """Group writes; commit on success, roll back on an exception."""
@@ -55,25 +109,34 @@ class Store(Protocol):
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set run columns: last_seen, last_step, status, health, steps_to_nonfinite, halt, counters."""
 
-    def count_records(self, run_id: str, *, stored: int, dropped: int) -> None:
-        """Add ``stored`` records to the run's count; raise its client drop count to ``dropped``."""
-
     def list_runs(
         self, *, status: str | None, team: str | None, stale_before: float, limit: int, offset: int
     ) -> list[dict[str, Any]]:
         """Runs, newest first; ``stale_before`` is the last_seen cut-off that makes a running run stale."""
 
+    # ingest
+    def write_ingest(self, writes: Sequence[IngestWrite]) -> None:
+        """Persist ``writes`` in order, inside the caller's transaction: one chunk per write with records,
+        one row update per write (counters added in SQL, so concurrent replicas never lose an increment;
+        the drop count only rises), its events, its new commands, deliveries and acknowledgements."""
+
     # steps
-    def insert_steps(self, run_id: str, attempt: str, records: Sequence[dict[str, Any]], now: float) -> None:
-        """Append records; a re-sent step is a new row, distinguishable by ``attempt`` and ``seq``."""
-
     def read_steps(
-        self, run_id: str, *, start: int | None, end: int | None, attempt: str | None, after_seq: int, limit: int
+        self,
+        run_id: str,
+        *,
+        start: int | None,
+        end: int | None,
+        attempt: str | None,
+        after_seq: int,
+        limit: int,
+        fields: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows ``{seq, attempt, received_at, record}`` ordered by seq."""
+        """Rows ``{seq, attempt, received_at, record}`` ordered by seq; ``fields`` keeps only those record
+        fields (``step`` always; ``layers`` for every per-layer statistic)."""
 
-    def recent_records(self, run_id: str, n: int) -> list[dict[str, Any]]:
-        """The run's last ``n`` records in arrival order (to rebuild detector state)."""
+    def recent_chunks(self, run_id: str, n: int) -> list[StoredChunk]:
+        """The chunks that hold the run's last ``n`` records, oldest first."""
 
     def read_series(
         self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
@@ -84,12 +147,12 @@ class Store(Protocol):
         ``attempt`` or of all, in arrival order; a resumed job's re-sent steps are rows of their own, so
         ``steps`` (int64, shape ``(n,)``) need not be increasing. ``fields`` are names from
         :data:`SERIES_FIELDS`. Each field's ``values`` are float64: shape ``(n,)`` for a scalar
-        (``skipped`` reads 1.0/0.0), shape ``(n, n_layers)`` for ``layers.<name>``, where ``n_layers`` is
-        the length of the run's registered layer table; NaN and ±Inf that were sent are kept bit for bit.
-        ``present`` (bool, shape ``(n,)``) says which records hold the field; where one does not (a light
-        step without ``act_max_abs``, an array of another length) its values read NaN, which ``present``
-        tells apart from a NaN that was sent. An unknown run reads as empty (``n == 0``); an unknown
-        field raises ValueError.
+        (``skipped`` reads 1.0/0.0), shape ``(n, n_layers)`` for ``layers.<name>`` (``n_layers``: the
+        width of the run's latest stored chunk, its layer table's length); NaN and ±Inf that were sent
+        are kept bit for bit. ``present`` (bool, shape ``(n,)``) says which records hold the field; where
+        one does not (a light step without ``act_max_abs``) its values read NaN, which ``present`` tells
+        apart from a NaN that was sent. A field no record holds reads all absent; an unknown run reads as
+        empty (``n == 0``). Per-layer blobs are read only when a per-layer field is asked for.
         """
 
     # events
@@ -113,16 +176,20 @@ class Store(Protocol):
 
     # commands
     def insert_command(self, run_id: str, command: dict[str, Any]) -> None:
-        """Queue a command for the run's next ingest reply."""
+        """Queue a command for the run."""
 
     def active_halt(self, run_id: str) -> dict[str, Any] | None:
         """The latest halt command, acknowledged or not, or None."""
 
-    def deliverable_commands(self, run_id: str, now: float, redelivery_s: float) -> list[dict[str, Any]]:
-        """Unacknowledged commands never delivered, or delivered over ``redelivery_s`` ago; marks them."""
+    def pending_commands(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's commands not yet acknowledged, oldest first."""
 
-    def ack_command(self, run_id: str, command_id: str, step: int, now: float) -> dict[str, Any] | None:
-        """Record the step a command was applied at; the command, or None if unknown."""
+    def get_command(self, run_id: str, command_id: str) -> dict[str, Any] | None:
+        """One command of the run, or None."""
+
+    def unacked_commands(self) -> list[dict[str, Any]]:
+        """Every command not yet acknowledged, with its ``run_id`` (how a replica learns of the halts
+        another replica issued)."""
 
 
 def rows_to_dicts(columns: Sequence[str], rows: Iterator[Sequence[Any]] | list[Any]) -> list[dict[str, Any]]:

@@ -19,12 +19,12 @@ CREATE TABLE IF NOT EXISTS runs (
     dropped BIGINT NOT NULL DEFAULT 0, last_attempt TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_last_seen ON runs (last_seen);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL, seq BIGINT GENERATED ALWAYS AS IDENTITY, attempt TEXT NOT NULL,
-    step BIGINT NOT NULL, received_at DOUBLE PRECISION NOT NULL, record BYTEA NOT NULL,
-    PRIMARY KEY (run_id, seq)
+CREATE TABLE IF NOT EXISTS step_chunks (
+    run_id TEXT NOT NULL, id BIGINT GENERATED ALWAYS AS IDENTITY, attempt TEXT NOT NULL,
+    min_step BIGINT NOT NULL, max_step BIGINT NOT NULL, n INTEGER NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL, head BYTEA NOT NULL, layers BYTEA NOT NULL,
+    PRIMARY KEY (run_id, id)
 );
-CREATE INDEX IF NOT EXISTS steps_run_step ON steps (run_id, step);
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL, id BIGINT GENERATED ALWAYS AS IDENTITY, detector TEXT NOT NULL,
     severity TEXT NOT NULL, layer TEXT, state TEXT NOT NULL, first_step BIGINT NOT NULL,
@@ -39,9 +39,10 @@ CREATE TABLE IF NOT EXISTS commands (
 
 
 class PostgresStore(SqlStore):
-    """Store in a PostgreSQL database given by a ``postgresql://`` URL."""
+    """Store in a PostgreSQL database given by a ``postgresql://`` URL; a second connection reads."""
 
     placeholder = "%s"
+    shared = True
 
     def __init__(self, url: str) -> None:
         try:
@@ -52,6 +53,8 @@ class PostgresStore(SqlStore):
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(727274)")  # replicas create the schema one at a time
             cursor.execute(SCHEMA)
-            cursor.execute("SELECT pg_advisory_unlock(727274)")
+            legacy = cursor.execute("SELECT to_regclass('steps') IS NOT NULL").fetchone()[0]
         connection.commit()
-        super().__init__(connection, (psycopg.Error,))
+        super().__init__(connection, (psycopg.Error,), psycopg.connect(url, autocommit=True))
+        self._migrate_legacy_steps(bool(legacy))
+        self._execute("SELECT pg_advisory_unlock(727274)")

@@ -1,22 +1,27 @@
 """One SQL implementation of the Store protocol, shared by SQLite and PostgreSQL.
 
-The two differ only in the connection, the placeholder style and the schema (how an id is generated);
+The two differ only in the connections, the placeholder style and the schema (how an id is generated);
 every query is written once, with ``?`` placeholders, and rewritten for psycopg's ``%s``.
+
+Writes go through one connection under one lock (one writer per replica; the group committer batches many
+ingest requests into each of its transactions). Reads outside a transaction go through a second
+connection, so that a history read never waits for a commit and never sees an uncommitted write; inside a
+transaction, reads on the transaction's thread go through the writing connection and see its writes.
 """
 
 from __future__ import annotations
 
-import gc
+import itertools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import msgpack
-import numpy as np
 
-from nanwatch_service.detectors.batch import Batch
-from nanwatch_service.store.base import SERIES_FIELDS, Column, Steps, StoreError, rows_to_dicts
+from nanwatch.columns import StepColumns
+from nanwatch_service.store.base import IngestWrite, StoreError, clamp, rows_to_dicts
+from nanwatch_service.store.history import StepHistory
 
 _RUN_COLUMNS = (
     "run_id",
@@ -48,6 +53,11 @@ _COMMAND_COLUMNS = (
     "acked_at",
     "acked_step",
 )
+_PROGRESS = (
+    "UPDATE runs SET last_seen = ?, last_step = COALESCE(?, last_step), health = ?, steps_to_nonfinite = ?,"
+    " last_attempt = ?, records = records + ?, dropped = CASE WHEN dropped > ? THEN dropped ELSE ? END,"
+    " status = COALESCE(?, status), halt = COALESCE(?, halt) WHERE run_id = ?"
+)
 
 
 def pack(value: Any) -> bytes:
@@ -60,16 +70,20 @@ def unpack(blob: bytes | memoryview | None) -> Any:
     return None if blob is None else msgpack.unpackb(bytes(blob), raw=False)
 
 
-class SqlStore:
-    """A Store over one DB-API connection guarded by a lock (one writer per replica)."""
+class SqlStore(StepHistory):
+    """A Store over a writing DB-API connection and, optionally, a reading one (default: the same)."""
 
     placeholder = "?"
+    shared = False
 
-    def __init__(self, connection: Any, errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(self, connection: Any, errors: tuple[type[BaseException], ...], reader: Any = None) -> None:
         self._conn = connection
+        self._reader = connection if reader is None else reader
         self._errors = errors
         self._lock = threading.RLock()
+        self._read_lock = self._lock if reader is None else threading.Lock()
         self._depth = 0
+        self._writer_thread: int | None = None
 
     # ---------------------------------------------------------------- plumbing
     def _sql(self, sql: str) -> str:
@@ -86,9 +100,34 @@ class SqlStore:
                 self._commit()
             return cursor
 
-    def _query(self, sql: str, params: Sequence[Any], columns: Sequence[str]) -> list[dict[str, Any]]:
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
         with self._lock:
-            return rows_to_dicts(columns, self._execute(sql, params).fetchall())
+            try:
+                self._conn.cursor().executemany(self._sql(sql), rows)
+            except self._errors as exc:
+                raise StoreError(f"database error: {exc}") from exc
+            if self._depth == 0:
+                self._commit()
+
+    def _query(self, sql: str, params: Sequence[Any], columns: Sequence[str]) -> list[dict[str, Any]]:
+        with self._reading() as cursor:
+            try:
+                cursor.execute(self._sql(sql), tuple(params))
+                return rows_to_dicts(columns, cursor.fetchall())
+            except self._errors as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A cursor for reads: the writing connection inside this thread's transaction, else the reader."""
+        if self._depth and self._writer_thread == threading.get_ident():
+            with self._lock:
+                yield self._conn.cursor()
+        else:
+            with self._read_lock:
+                yield self._reader.cursor()
 
     def _begin(self) -> None:
         """Start a write transaction (SQLite needs BEGIN IMMEDIATE to avoid upgrade deadlocks)."""
@@ -108,7 +147,7 @@ class SqlStore:
                     self._depth -= 1
                 return
             self._begin()
-            self._depth = 1
+            self._depth, self._writer_thread = 1, threading.get_ident()
             try:
                 yield
             except BaseException:
@@ -117,16 +156,33 @@ class SqlStore:
             else:
                 self._commit()
             finally:
-                self._depth = 0
+                self._depth, self._writer_thread = 0, None
 
     def ping(self) -> None:
         """Raise StoreError when the database does not answer a trivial query."""
-        self._execute("SELECT 1").fetchall()
+        self._query("SELECT 1", (), ("one",))
 
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
+        """Close the connections."""
+        with self._lock, self._read_lock:
             self._conn.close()
+            if self._reader is not self._conn:
+                self._reader.close()
+
+    def _migrate_legacy_steps(self, legacy_exists: bool) -> None:
+        """Move a store written before step chunks (one ``steps`` row per record) into chunks, one per
+        request (consecutive rows of a run with the same attempt and arrival time), and drop the old table."""
+        if not legacy_exists:
+            return
+        with self.transaction():
+            rows = self._execute(
+                "SELECT run_id, attempt, received_at, record FROM steps ORDER BY run_id, seq"
+            ).fetchall()
+            for (run_id, attempt, received_at), group in itertools.groupby(rows, key=lambda row: row[:3]):
+                records = [unpack(row[3]) for row in group]
+                columns = StepColumns.from_records(records)
+                self._insert_chunks([IngestWrite(run_id, attempt, received_at, columns)])
+            self._execute("DROP TABLE steps")
 
     # ---------------------------------------------------------------- runs
     def upsert_run(self, run_id: str, spec: dict[str, Any], now: float) -> bool:
@@ -161,87 +217,38 @@ class SqlStore:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*fields.values(), run_id))
 
-    def count_records(self, run_id: str, *, stored: int, dropped: int) -> None:
-        """Add ``stored`` to the run's record count and raise its drop count to ``dropped``, in SQL, so
-        concurrent replicas never lose an increment."""
-        self._execute(
-            "UPDATE runs SET records = records + ?,"
-            " dropped = CASE WHEN dropped > ? THEN dropped ELSE ? END WHERE run_id = ?",
-            (stored, dropped, dropped, run_id),
-        )
-
     def list_runs(
         self, *, status: str | None, team: str | None, stale_before: float, limit: int, offset: int
     ) -> list[dict[str, Any]]:
         """Runs, most recently seen first, filtered by status (``stale`` derived from last_seen) and team."""
         where, params = _run_filters(status, team, stale_before)
         sql = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs{where} ORDER BY last_seen DESC, run_id LIMIT ? OFFSET ?"
-        return [_decode_run(r) for r in self._query(sql, (*params, limit, offset), _RUN_COLUMNS)]
+        return [_decode_run(r) for r in self._query(sql, (*params, limit, clamp(offset)), _RUN_COLUMNS)]
 
-    # ---------------------------------------------------------------- steps
-    def insert_steps(self, run_id: str, attempt: str, records: Sequence[dict[str, Any]], now: float) -> None:
-        """Append records in order."""
-        rows = [(run_id, attempt, r["step"], now, pack(r)) for r in records]
-        with self._lock:
-            try:
-                self._conn.cursor().executemany(
-                    self._sql("INSERT INTO steps (run_id, attempt, step, received_at, record) VALUES (?, ?, ?, ?, ?)"),
-                    rows,
-                )
-            except self._errors as exc:
-                raise StoreError(f"database error: {exc}") from exc
-            if self._depth == 0:
-                self._commit()
+    # ---------------------------------------------------------------- ingest
+    def write_ingest(self, writes: Sequence[IngestWrite]) -> None:
+        """Persist a group of ingest requests in the caller's transaction (see the Store protocol)."""
+        with self.transaction():
+            self._insert_chunks(writes)
+            for write in writes:
+                self._write_events_and_commands(write)
+            self._execute_many(_PROGRESS, [_progress_row(write) for write in writes if write.progress is not None])
 
-    def read_steps(
-        self, run_id: str, *, start: int | None, end: int | None, attempt: str | None, after_seq: int, limit: int
-    ) -> list[dict[str, Any]]:
-        """Rows ``{seq, attempt, received_at, record}`` ordered by seq."""
-        sql = "SELECT seq, attempt, received_at, record FROM steps WHERE run_id = ? AND seq > ?"
-        params: list[Any] = [run_id, after_seq]
-        for clause, value in (("step >= ?", start), ("step <= ?", end), ("attempt = ?", attempt)):
-            if value is not None:
-                sql += f" AND {clause}"
-                params.append(value)
-        rows = self._query(sql + " ORDER BY seq LIMIT ?", (*params, limit), ("seq", "attempt", "received_at", "record"))
-        for row in rows:
-            row["record"] = unpack(row["record"])
-        return rows
-
-    def recent_records(self, run_id: str, n: int) -> list[dict[str, Any]]:
-        """The last ``n`` records in arrival order."""
-        rows = self._query(
-            "SELECT record FROM steps WHERE run_id = ? ORDER BY seq DESC LIMIT ?", (run_id, n), ("record",)
+    def _write_events_and_commands(self, write: IngestWrite) -> None:
+        for live, snapshot in write.new_events:
+            live["id"] = self.insert_event(write.run_id, snapshot)
+        for live, snapshot in write.changed_events:
+            self.update_event(write.run_id, live["id"], snapshot)
+        for command in write.new_commands:
+            self.insert_command(write.run_id, command)
+        self._execute_many(
+            "UPDATE commands SET acked_at = ?, acked_step = ? WHERE run_id = ? AND id = ? AND acked_at IS NULL",
+            [(write.received_at, step, write.run_id, command_id) for command_id, step in write.acks],
         )
-        return [unpack(r["record"]) for r in reversed(rows)]
-
-    def read_series(
-        self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
-    ) -> tuple[Steps, dict[str, Column]]:
-        """The history as columns (see :meth:`Store.read_series`), decoded from the records' blobs."""
-        unknown = [field for field in fields if field not in SERIES_FIELDS]
-        if unknown:
-            raise ValueError(f"unknown series field(s) {unknown}; choose from {', '.join(SERIES_FIELDS)}")
-        run = self.get_run(run_id)
-        n_layers = len(run["spec"].get("layers", [])) if run else 0
-        sql = "SELECT step, record FROM steps WHERE run_id = ?"
-        params: list[Any] = [run_id]
-        for clause, value in (("step >= ?", start), ("step <= ?", end), ("attempt = ?", attempt)):
-            if value is not None:
-                sql += f" AND {clause}"
-                params.append(value)
-        with self._lock:
-            rows = self._execute(sql + " ORDER BY seq", params).fetchall()
-        if not rows:  # a Batch needs a record
-            nothing = np.zeros(0, dtype=bool)
-            empty = {f: (np.zeros((0, n_layers) if f.startswith("layers.") else 0), nothing) for f in fields}
-            return np.zeros(0, dtype=np.int64), empty
-        with _collector_paused():
-            batch = Batch([unpack(record) for _, record in rows], n_layers)  # what turns records into columns
-            columns = {f: batch.layer(f[7:]) if f.startswith("layers.") else batch.scalar(f) for f in fields}
-            steps = batch.steps
-            del batch, rows  # the decoded records go while the collector rests, not under its first full pass
-        return steps, columns
+        self._execute_many(
+            "UPDATE commands SET delivered_at = ? WHERE run_id = ? AND id = ?",
+            [(write.received_at, write.run_id, command_id) for command_id in write.delivered],
+        )
 
     # ---------------------------------------------------------------- events
     def insert_event(self, run_id: str, event: dict[str, Any]) -> int:
@@ -273,7 +280,7 @@ class SqlStore:
     ) -> list[dict[str, Any]]:
         """Events ordered by id, with their details merged in."""
         sql = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE run_id = ? AND id > ?"
-        params: list[Any] = [run_id, after_id]
+        params: list[Any] = [run_id, clamp(after_id)]
         for column, value in (("state", state), ("severity", severity), ("detector", detector)):
             if value is not None:
                 sql += f" AND {column} = ?"
@@ -291,28 +298,23 @@ class SqlStore:
 
     def active_halt(self, run_id: str) -> dict[str, Any] | None:
         """The run's latest halt command (pending or acknowledged), or None."""
-        rows = self._query(
-            f"SELECT {', '.join(_COMMAND_COLUMNS)} FROM commands WHERE run_id = ? AND action = 'halt'"
-            " ORDER BY created_at DESC LIMIT 1",
-            (run_id,),
-            _COMMAND_COLUMNS,
-        )
+        rows = self._commands("run_id = ? AND action = 'halt' ORDER BY created_at DESC LIMIT 1", (run_id,))
         return rows[0] if rows else None
 
-    def deliverable_commands(self, run_id: str, now: float, redelivery_s: float) -> list[dict[str, Any]]:
-        """Unacknowledged commands due for (re)delivery; marks them delivered now."""
-        with self.transaction():
-            rows = self._query(
-                f"SELECT {', '.join(_COMMAND_COLUMNS)} FROM commands WHERE run_id = ? AND acked_at IS NULL"
-                " AND (delivered_at IS NULL OR delivered_at < ?) ORDER BY created_at",
-                (run_id, now - redelivery_s),
-                _COMMAND_COLUMNS,
-            )
-            for row in rows:
-                self._execute(
-                    "UPDATE commands SET delivered_at = ? WHERE run_id = ? AND id = ?", (now, run_id, row["id"])
-                )
-            return rows
+    def pending_commands(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's unacknowledged commands, oldest first."""
+        return self._commands("run_id = ? AND acked_at IS NULL ORDER BY created_at", (run_id,))
+
+    def get_command(self, run_id: str, command_id: str) -> dict[str, Any] | None:
+        """One command of the run, or None."""
+        rows = self._commands("run_id = ? AND id = ?", (run_id, command_id))
+        return rows[0] if rows else None
+
+    def unacked_commands(self) -> list[dict[str, Any]]:
+        """Every unacknowledged command, with its run_id."""
+        columns = ("run_id", *_COMMAND_COLUMNS)
+        sql = f"SELECT {', '.join(columns)} FROM commands WHERE acked_at IS NULL ORDER BY created_at"
+        return self._query(sql, (), columns)
 
     def ack_command(self, run_id: str, command_id: str, step: int, now: float) -> dict[str, Any] | None:
         """Record where the job applied a command (the first acknowledgement wins)."""
@@ -321,26 +323,31 @@ class SqlStore:
                 "UPDATE commands SET acked_at = ?, acked_step = ? WHERE run_id = ? AND id = ? AND acked_at IS NULL",
                 (now, step, run_id, command_id),
             )
-            rows = self._query(
-                f"SELECT {', '.join(_COMMAND_COLUMNS)} FROM commands WHERE run_id = ? AND id = ?",
-                (run_id, command_id),
-                _COMMAND_COLUMNS,
-            )
-            return rows[0] if rows else None
+            return self.get_command(run_id, command_id)
+
+    def _commands(self, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        return self._query(
+            f"SELECT {', '.join(_COMMAND_COLUMNS)} FROM commands WHERE {where}", params, _COMMAND_COLUMNS
+        )
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Keep the cyclic garbage collector out of a bulk decode. Decoding 100,000 records makes millions of
-    containers, which set off full collections that walk them all: half of the decoding time, measured.
-    Decoded records hold no cycles, so reference counting frees them anyway."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+def _progress_row(write: IngestWrite) -> tuple[Any, ...]:
+    p = write.progress
+    assert p is not None
+    halt = None if p.halt is None else pack(p.halt)
+    return (
+        p.last_seen,
+        p.last_step,
+        p.health,
+        p.steps_to_nonfinite,
+        p.attempt,
+        p.stored,
+        p.dropped,
+        p.dropped,
+        p.status,
+        halt,
+        write.run_id,
+    )
 
 
 def _decode_run(row: dict[str, Any]) -> dict[str, Any]:

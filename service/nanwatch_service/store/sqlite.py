@@ -2,7 +2,8 @@
 
 WAL with ``synchronous=NORMAL`` keeps every committed transaction across a killed process (only a power
 loss can cost the last few); the service commits before it answers, so what it acknowledged survives.
-One SQLite file serves one replica; run several replicas on PostgreSQL.
+A second connection reads, so history reads never wait behind a commit (WAL lets readers run beside the
+one writer). One SQLite file serves one replica; run several replicas on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ CREATE TABLE IF NOT EXISTS runs (
     halt BLOB, records INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0, last_attempt TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_last_seen ON runs (last_seen);
-CREATE TABLE IF NOT EXISTS steps (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, attempt TEXT NOT NULL,
-    step INTEGER NOT NULL, received_at REAL NOT NULL, record BLOB NOT NULL
+CREATE TABLE IF NOT EXISTS step_chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, attempt TEXT NOT NULL,
+    min_step INTEGER NOT NULL, max_step INTEGER NOT NULL, n INTEGER NOT NULL, received_at REAL NOT NULL,
+    head BLOB NOT NULL, layers BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS steps_run_seq ON steps (run_id, seq);
-CREATE INDEX IF NOT EXISTS steps_run_step ON steps (run_id, step);
+CREATE INDEX IF NOT EXISTS step_chunks_run_id ON step_chunks (run_id, id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, detector TEXT NOT NULL,
     severity TEXT NOT NULL, layer TEXT, state TEXT NOT NULL, first_step INTEGER NOT NULL,
@@ -41,15 +42,15 @@ CREATE TABLE IF NOT EXISTS commands (
 
 
 class SqliteStore(SqlStore):
-    """Store in one SQLite file (``:memory:`` for a throwaway one)."""
+    """Store in one SQLite file (``:memory:`` for a throwaway one, read and written on one connection)."""
 
     def __init__(self, path: str | Path) -> None:
-        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA busy_timeout=5000")
-        connection.executescript(SCHEMA)
-        super().__init__(connection, (sqlite3.Error,))
+        writer = _connect(path)
+        writer.executescript(SCHEMA)
+        reader = None if str(path) == ":memory:" else _connect(path)
+        super().__init__(writer, (sqlite3.Error,), reader)
+        legacy = writer.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'steps'").fetchone()
+        self._migrate_legacy_steps(legacy is not None)
 
     def _begin(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
@@ -57,3 +58,11 @@ class SqliteStore(SqlStore):
     def _commit(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("COMMIT")
+
+
+def _connect(path: str | Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    return connection

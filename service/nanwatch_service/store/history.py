@@ -1,0 +1,133 @@
+"""Step history in SQL: chunk rows (see ``store.chunks``) written a group at a time, read back as records,
+as the chunks of a run's last steps, or as a run's series of chosen fields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+import numpy as np
+
+from nanwatch.columns import StepColumns
+from nanwatch_service.store import chunks
+from nanwatch_service.store.base import BIGGEST, Column, Steps, clamp
+from nanwatch_service.store.chunks import SEQ_STRIDE, StoredChunk
+
+_PAGE: Final = 32
+"""Chunk rows fetched at a time while reading history: reads stop as soon as they have what they need."""
+
+
+class StepHistory:
+    """The step-history half of :class:`~nanwatch_service.store.sql.SqlStore`."""
+
+    _query: Callable[[str, Sequence[Any], Sequence[str]], list[dict[str, Any]]]
+    _execute_many: Callable[[str, Sequence[Sequence[Any]]], None]
+
+    def _insert_chunks(self, writes: Sequence[Any]) -> None:
+        rows = []
+        for write in writes:
+            columns: StepColumns = write.columns
+            if columns.n:
+                head, layers = chunks.pack(columns)
+                low, high = int(columns.steps.min()), int(columns.steps.max())
+                rows.append((write.run_id, write.attempt, low, high, columns.n, write.received_at, head, layers))
+        self._execute_many(
+            "INSERT INTO step_chunks (run_id, attempt, min_step, max_step, n, received_at, head, layers)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def read_steps(
+        self,
+        run_id: str,
+        *,
+        start: int | None,
+        end: int | None,
+        attempt: str | None,
+        after_seq: int,
+        limit: int,
+        fields: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows ``{seq, attempt, received_at, record}`` ordered by seq (see the Store protocol)."""
+        with_layers = fields is None or "layers" in fields
+        rows: list[dict[str, Any]] = []
+        for chunk in self._chunks(run_id, with_layers, start, end, attempt, first=clamp(after_seq) // SEQ_STRIDE):
+            keep = _in_range(chunk.columns.steps, start, end) & (chunk.seqs > after_seq)
+            picked = chunk.columns.take(keep)
+            for seq, record in zip(chunk.seqs[keep].tolist(), picked.records(fields), strict=True):
+                rows.append({"seq": seq, "attempt": chunk.attempt, "received_at": chunk.received_at, "record": record})
+            if len(rows) >= limit:
+                return rows[:limit]
+        return rows
+
+    def recent_chunks(self, run_id: str, n: int) -> list[StoredChunk]:
+        """The chunks holding the run's last ``n`` records, oldest first."""
+        found: list[StoredChunk] = []
+        held = 0
+        for chunk in self._chunks(run_id, True, None, None, None, newest_first=True):
+            if held >= n:
+                break
+            found.append(chunk)
+            held += chunk.columns.n
+        return found[::-1]
+
+    def read_series(
+        self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
+    ) -> tuple[Steps, dict[str, Column]]:
+        """Steps and each field's ``(values, present)`` over the run (see the Store protocol)."""
+        with_layers = any(f.startswith("layers.") for f in fields)
+        parts = [
+            chunk.columns.take(_in_range(chunk.columns.steps, start, end))
+            for chunk in self._chunks(run_id, with_layers, start, end, attempt)
+        ]
+        width = parts[-1].n_layers if parts else 0
+        columns = StepColumns.concat(parts, n_layers=width)
+        series = {}
+        for name in fields:
+            if name.startswith("layers."):
+                values, present = columns.layer(name.removeprefix("layers."))
+                series[name] = (np.where(present[:, None], values, np.nan), present)
+            else:
+                values, present = columns.scalar(name)
+                series[name] = (np.where(present, values, np.nan), present)
+        return columns.steps, series
+
+    def _chunks(
+        self,
+        run_id: str,
+        with_layers: bool,
+        start: int | None,
+        end: int | None,
+        attempt: str | None,
+        *,
+        first: int = 0,
+        newest_first: bool = False,
+    ) -> Iterator[StoredChunk]:
+        """The run's chunks that may hold steps in ``[start, end]``, read a page of rows at a time (no lock
+        is held between pages, so a reader that stops early costs nothing more)."""
+        columns = ("id", "attempt", "received_at", "head", *(("layers",) if with_layers else ()))
+        sql = f"SELECT {', '.join(columns)} FROM step_chunks WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        for clause, value in (("max_step >= ?", start), ("min_step <= ?", end), ("attempt = ?", attempt)):
+            if value is not None:
+                sql += f" AND {clause}"
+                params.append(clamp(value) if isinstance(value, int) else value)
+        sql += " AND id < ? ORDER BY id DESC LIMIT ?" if newest_first else " AND id > ? ORDER BY id LIMIT ?"
+        key = BIGGEST if newest_first else first - 1
+        while True:
+            rows = self._query(sql, (*params, key, _PAGE), columns)
+            for row in rows:
+                stored = chunks.unpack(row["head"], row["layers"] if with_layers else None)
+                yield StoredChunk(int(row["id"]), row["attempt"], float(row["received_at"]), stored)
+            if len(rows) < _PAGE:
+                return
+            key = int(rows[-1]["id"])
+
+
+def _in_range(steps: np.ndarray, start: int | None, end: int | None) -> np.ndarray:
+    keep = np.ones(len(steps), dtype=bool)
+    if start is not None:
+        keep &= steps >= start
+    if end is not None:
+        keep &= steps <= end
+    return keep
