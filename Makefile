@@ -24,10 +24,11 @@ $(VENV)/.stamp-all: pyproject.toml
 serve: $(VENV)/.stamp-service
 	$(VENV)/bin/nanwatch serve
 
-# promtool and amtool validate deploy/ in the tests (Debian packages; installed once when missing).
+# promtool and amtool validate deploy/ in the tests, chromium runs the page tests headless (Debian
+# packages; installed once when missing). Playwright drives that chromium: it never downloads a browser.
 tools:
-	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null)
+	@command -v promtool >/dev/null && command -v amtool >/dev/null && command -v chromium >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager chromium >/dev/null)
 
 test: $(VENV)/.stamp-all tools
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -42,3 +43,4 @@ bench: $(VENV)/.stamp-all
 	$(PY) bench/ingest.py
 	$(PY) bench/client_overhead.py
 	$(PY) bench/detection.py
+	$(PY) bench/run_page.py

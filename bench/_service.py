@@ -21,20 +21,23 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_service(timeout: float = 60.0) -> Iterator[str]:
-    """Yield the URL of a fresh service on SQLite in a temporary folder; terminate it afterwards."""
-    with serving(timeout=timeout) as (url, _):
+def running_service(timeout: float = 60.0, db: Path | None = None) -> Iterator[str]:
+    """Yield the URL of a service on the SQLite file ``db`` (default: a fresh one in a temporary folder);
+    terminate it afterwards."""
+    with serving(timeout=timeout, db=db) as (url, _):
         yield url
 
 
 @contextlib.contextmanager
-def serving(database_url: str | None = None, timeout: float = 60.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Yield the URL and process of a fresh ``nanwatch serve``: on ``database_url`` (PostgreSQL) when
-    given, else on SQLite in a temporary folder; terminate it afterwards."""
+def serving(
+    database_url: str | None = None, timeout: float = 60.0, db: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Yield the URL and process of a ``nanwatch serve``: on ``database_url`` (PostgreSQL) when given, else
+    on the SQLite file ``db`` or a fresh one in a temporary folder; terminate it afterwards."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         args = [sys.executable, "-m", "nanwatch_service.cli", "serve", "--port", str(port), "--log-level", "warning"]
-        args += ["--database-url", database_url] if database_url else ["--db", str(Path(tmp) / "bench.db")]
+        args += ["--database-url", database_url] if database_url else ["--db", str(db or Path(tmp) / "bench.db")]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_port(port, timeout)

@@ -19,6 +19,7 @@ from nanwatch_service.engine import Engine, UnknownRun
 from nanwatch_service.metrics import ServiceMetrics
 from nanwatch_service.settings import Settings
 from nanwatch_service.store import Store, StoreError, open_store
+from nanwatch_service.web import install as install_pages
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     for router in ROUTERS:
         app.include_router(router)
     _add_handlers(app)
+    install_pages(app)
     return app
 
 

@@ -78,8 +78,8 @@ def test_history_pages_by_seq_across_chunks_and_selects_fields_and_ranges(store:
     picked = _read(store, start=2, end=6, fields=("loss",))
     assert [r["record"] for r in picked] == [{"step": s, "loss": float(s)} for s in range(2, 7)]
     steps, series = store.read_series("r", ["loss", "layers.act_std"], start=4, end=None)
-    assert steps.tolist() == [4, 5, 6, 7, 8] and series["loss"].tolist() == [4.0, 5.0, 6.0, 7.0, 8.0]
-    assert series["layers.act_std"].shape == (5, 1)
+    assert steps.tolist() == [4, 5, 6, 7, 8] and series["loss"][0].tolist() == [4.0, 5.0, 6.0, 7.0, 8.0]
+    assert series["layers.act_std"][0].shape == (5, 1)
 
 
 def test_huge_integers_in_a_query_do_not_overflow_the_database(store: Store) -> None:

@@ -17,12 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from nanwatch.columns import StepColumns
+from nanwatch.columns import SCALAR_COLUMNS, StepColumns
+from nanwatch.fields import LAYER_FIELDS
 from nanwatch_service.store.chunks import StoredChunk
 
 RUN_STATUSES = ("running", "halted", "finished", "stale")
 HEALTHS = ("ok", "warning", "critical")
+SERIES_FIELDS = (*SCALAR_COLUMNS, *(f"layers.{field}" for field in LAYER_FIELDS))
+"""What :meth:`Store.read_series` reads: a record's scalars, and its per-layer statistics as ``layers.<name>``."""
+
+Steps = npt.NDArray[np.int64]
+Column = tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]
+"""``(values, present)`` of one series field, as ``StepColumns`` and the detectors' ``Batch`` read one."""
 
 
 BIGGEST: Final = 2**62
@@ -132,10 +140,20 @@ class Store(Protocol):
 
     def read_series(
         self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Steps (int64, arrival order) and, per field, float64 values: ``(n,)`` for a scalar (``loss``),
-        ``(n, n_layers)`` for a per-layer statistic named ``layers.<name>`` (``layers.grad_norm``); NaN
-        where a record lacks it. Per-layer blobs are read only when a per-layer field is asked for."""
+    ) -> tuple[Steps, dict[str, Column]]:
+        """The run's history as columns: ``(steps, {field: (values, present)})``, one row per record.
+
+        Rows are the records with ``start <= step <= end`` (either bound ``None``: open), of one
+        ``attempt`` or of all, in arrival order; a resumed job's re-sent steps are rows of their own, so
+        ``steps`` (int64, shape ``(n,)``) need not be increasing. ``fields`` are names from
+        :data:`SERIES_FIELDS`. Each field's ``values`` are float64: shape ``(n,)`` for a scalar
+        (``skipped`` reads 1.0/0.0), shape ``(n, n_layers)`` for ``layers.<name>`` (``n_layers``: the
+        width of the run's latest stored chunk, its layer table's length); NaN and ±Inf that were sent
+        are kept bit for bit. ``present`` (bool, shape ``(n,)``) says which records hold the field; where
+        one does not (a light step without ``act_max_abs``) its values read NaN, which ``present`` tells
+        apart from a NaN that was sent. A field no record holds reads all absent; an unknown run reads as
+        empty (``n == 0``). Per-layer blobs are read only when a per-layer field is asked for.
+        """
 
     # events
     def insert_event(self, run_id: str, event: dict[str, Any]) -> int:

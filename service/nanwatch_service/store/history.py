@@ -10,7 +10,7 @@ import numpy as np
 
 from nanwatch.columns import StepColumns
 from nanwatch_service.store import chunks
-from nanwatch_service.store.base import BIGGEST, clamp
+from nanwatch_service.store.base import BIGGEST, Column, Steps, clamp
 from nanwatch_service.store.chunks import SEQ_STRIDE, StoredChunk
 
 _PAGE: Final = 32
@@ -73,8 +73,8 @@ class StepHistory:
 
     def read_series(
         self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Steps and each field's values over the run (see the Store protocol)."""
+    ) -> tuple[Steps, dict[str, Column]]:
+        """Steps and each field's ``(values, present)`` over the run (see the Store protocol)."""
         with_layers = any(f.startswith("layers.") for f in fields)
         parts = [
             chunk.columns.take(_in_range(chunk.columns.steps, start, end))
@@ -86,10 +86,10 @@ class StepHistory:
         for name in fields:
             if name.startswith("layers."):
                 values, present = columns.layer(name.removeprefix("layers."))
-                series[name] = np.where(present[:, None], values, np.nan)
+                series[name] = (np.where(present[:, None], values, np.nan), present)
             else:
                 values, present = columns.scalar(name)
-                series[name] = np.where(present, values, np.nan)
+                series[name] = (np.where(present, values, np.nan), present)
         return columns.steps, series
 
     def _chunks(
