@@ -24,7 +24,7 @@ from nanwatch.columns import StepColumns
 from nanwatch_service.committer import GroupCommitter
 from nanwatch_service.detectors import EpisodeChange, Finding
 from nanwatch_service.halt import finding_to_halt, halt_reason, is_in_force, new_command, wire_command
-from nanwatch_service.run_state import RunState, event_from, snapshot, worsen
+from nanwatch_service.run_state import EventKey, RunState, event_from, snapshot, worsen
 from nanwatch_service.settings import Settings
 from nanwatch_service.store import Store, StoreError
 from nanwatch_service.store.base import IngestWrite, RunProgress
@@ -186,24 +186,44 @@ class Engine:
     def _record_episodes(
         self, state: RunState, write: IngestWrite, changes: list[EpisodeChange], findings: list[Finding]
     ) -> None:
+        """Open, worsen and close events as the episodes did, in step order: an episode that starts and
+        ends within one batch keeps the findings it had before it ended, and one that starts again after
+        it gets only its own."""
+        by_key: dict[EventKey, list[Finding]] = {}
+        for finding in findings:
+            by_key.setdefault(finding.key, []).append(finding)
+        touched: dict[int, dict[str, Any]] = {}
+        started: set[int] = set()  # events of episodes that started in this batch: their findings start there
         for change in changes:
             if change.kind == "started" and change.key not in state.open_events and change.finding is not None:
                 event = event_from(change.finding)
                 state.open_events[change.key] = event
                 state.events_total[(change.finding.detector, change.finding.severity)] += 1
                 write.new_events.append((event, snapshot(event)))
+                started.add(id(event))
             elif change.kind == "ended" and change.key in state.open_events:
                 event = state.open_events.pop(change.key)
+                since = event["first_step"] if id(event) in started else None
+                self._fold(state, event, by_key.get(change.key, []), since, before=change.step)
                 event.update(state="closed", end_step=change.step)
-                write.changed_events.append((event, snapshot(event)))
-        worsened: dict[int, dict[str, Any]] = {}
-        for finding in findings:
-            current = state.open_events.get(finding.key)
-            if current is not None:
-                if worsen(current, finding):
-                    state.events_total[(finding.detector, finding.severity)] += 1
-                worsened[id(current)] = current
-        write.changed_events += [(event, snapshot(event)) for event in worsened.values()]
+                touched[id(event)] = event
+        for key, event in state.open_events.items():
+            since = event["first_step"] if id(event) in started else None
+            if self._fold(state, event, by_key.get(key, []), since, before=None):
+                touched[id(event)] = event
+        write.changed_events += [(event, snapshot(event)) for event in touched.values()]
+
+    @staticmethod
+    def _fold(
+        state: RunState, event: dict[str, Any], findings: list[Finding], since: int | None, before: int | None
+    ) -> bool:
+        """Fold the findings of the event's episode (from ``since``, before ``before``) into it; True when
+        there were any."""
+        mine = [f for f in findings if (since is None or f.step >= since) and (before is None or f.step < before)]
+        for finding in mine:
+            if worsen(event, finding):
+                state.events_total[(finding.detector, finding.severity)] += 1
+        return bool(mine)
 
     def _apply_policy(
         self, state: RunState, write: IngestWrite, findings: list[Finding], fresh: StepColumns, now: float
