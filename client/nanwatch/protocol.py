@@ -202,7 +202,7 @@ def _float(value: Any, field: str) -> float:
         try:
             return float(value)
         except OverflowError:  # past float64's range: infinite, as a JSON 1e400 parses
-            return math.copysign(math.inf, value)
+            return math.inf if value > 0 else -math.inf
     if isinstance(value, str) and value in _NONFINITE_TO_JSON:
         return _NONFINITE_TO_JSON[value]
     raise ProtocolError(field, f'expected a number or "NaN"/"Infinity"/"-Infinity", got {_show(value)}')
