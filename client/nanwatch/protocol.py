@@ -209,6 +209,8 @@ def _float(value: Any, field: str) -> float:
 
 
 def _int(value: Any, field: str, minimum: int | None = None) -> int:
+    if type(value) is float and value.is_integer():  # JSON does not tell 3.0 from 3
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise ProtocolError(field, f"expected an integer, got {_show(value)}")
     if minimum is not None and value < minimum:

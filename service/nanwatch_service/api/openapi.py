@@ -1,5 +1,6 @@
-"""The app's OpenAPI document as this service is configured: the limits the settings set, and the bearer
-scheme when tokens are configured (every operation but the probes and ``/metrics`` then needs one)."""
+"""The app's OpenAPI document as this service is configured: the limits the settings set, answers in
+msgpack as well as JSON (``/v1`` answers in the encoding asked for), and the bearer scheme when tokens are
+configured (every operation but the probes and ``/metrics`` then needs one)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def install(app: FastAPI, limits: protocol.Limits, tokens_required: bool) -> Non
         if app.openapi_schema is None:
             document = build()
             _apply_limits(document, limits)
+            _answer_in_msgpack_too(document)
             if tokens_required:
                 _require_bearer(document)
         return app.openapi_schema or {}
@@ -40,6 +42,16 @@ def _apply_limits(node: Any, limits: protocol.Limits) -> None:
     elif isinstance(node, list):
         for value in node:
             _apply_limits(value, limits)
+
+
+def _answer_in_msgpack_too(document: dict[str, Any]) -> None:
+    for path, operations in document.get("paths", {}).items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                for code, answer in operation.get("responses", {}).items():
+                    content = answer.get("content", {})
+                    if str(code).startswith("2") and protocol.JSON in content:
+                        content.setdefault(protocol.MSGPACK, content[protocol.JSON])
 
 
 def _require_bearer(document: dict[str, Any]) -> None:

@@ -135,7 +135,7 @@ ALERTMANAGER_BODY: dict[str, Any] = {
                     "annotations": {**_STRINGS, "additionalProperties": {"type": "string", "x-limit": "text_chars"}},
                     "fingerprint": {"type": "string", "minLength": 1},
                     "startsAt": {"type": "string", "minLength": 1},
-                    "endsAt": {"type": "string"},
+                    "endsAt": {"type": ["string", "null"]},
                 },
             },
         },
