@@ -12,7 +12,7 @@ same 404 as a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request
@@ -35,9 +35,10 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_caller(request: Request) -> Caller:
+async def get_caller(request: Request) -> Caller:
     """The request's caller: its bearer token's name, team and role (401 without a known token, whenever
-    tokens are configured); :data:`~nanwatch_service.auth.ANONYMOUS` when none is."""
+    tokens are configured); :data:`~nanwatch_service.auth.ANONYMOUS` when none is. Async, as the checks
+    below: a lookup is a hash and a ``stat``, not worth a hop to the thread pool on the ingest path."""
     book: TokenBook = request.app.state.tokens
     if not book.required:
         return ANONYMOUS
@@ -56,10 +57,10 @@ def get_caller(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def requires(role: Role) -> Callable[[Caller], Caller]:
+def requires(role: Role) -> Callable[[Caller], Awaitable[Caller]]:
     """A dependency that lets only callers with at least ``role`` through (403 for the others)."""
 
-    def check(caller: CallerDep) -> Caller:
+    async def check(caller: CallerDep) -> Caller:
         if caller.role < role:
             raise HTTPException(403, detail=f"token {caller.name!r} is a {caller.role.label}; this needs {role.label}")
         return caller
