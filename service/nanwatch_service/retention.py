@@ -50,6 +50,9 @@ async def keep_bounded(engine: Engine) -> None:
         except StoreError as exc:
             _log.warning("nanwatch: retention pass failed, the next one retries: %s", exc)
             continue
+        except Exception:  # a bug must not end retention for the life of the process
+            _log.exception("nanwatch: retention pass failed, the next one retries")
+            continue
         for run_id in done.deleted_runs:
             engine.forget(run_id)
 
