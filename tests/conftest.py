@@ -167,15 +167,18 @@ class ChildProcess:
 class ServiceProcess(ChildProcess):
     """``nanwatch serve`` in a child process (for kill -9, CLI and chain tests)."""
 
-    def __init__(self, db: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, db: Path, port: int | None = None, extra_env: dict[str, str] | None = None, log_level: str = "warning"
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = db
+        self.log_level = log_level
         super().__init__("nanwatch serve", f"{self.url}/healthz", db.with_suffix(".log"), extra_env)
 
     def start(self) -> ServiceProcess:
         args = [sys.executable, "-m", "nanwatch_service.cli", "serve", "--port", str(self.port)]
-        self.start_process([*args, "--db", str(self.db), "--log-level", "warning"])
+        self.start_process([*args, "--db", str(self.db), "--log-level", self.log_level])
         return self
 
 

@@ -73,12 +73,37 @@ _NONFINITE_TO_JSON: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity":
 
 
 class ProtocolError(ValueError):
-    """A message does not follow the protocol; ``field`` is the path of the offending value."""
+    """A message does not follow the protocol; ``field`` is the path of the offending value. ``limit``
+    names the :class:`Limits` field a message exceeded (None when it is malformed instead)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, limit: str | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.limit = limit
+
+
+MAX_LAYERS: Final = 4096
+MAX_RECORDS: Final = 10_000
+MAX_NAME_CHARS: Final = 256
+MAX_TEXT_CHARS: Final = 4096
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How large a message may be; the service configures tighter ones (each is a setting), never larger.
+
+    ``records``: step records per batch; ``layers``: entries of a run's layer table; ``name_chars``: a
+    registration's names (run name, team, framework, a layer's name, kind and activation, meta keys);
+    ``text_chars``: free text (meta values)."""
+
+    records: int = MAX_RECORDS
+    layers: int = MAX_LAYERS
+    name_chars: int = MAX_NAME_CHARS
+    text_chars: int = MAX_TEXT_CHARS
+
+
+DEFAULT_LIMITS: Final = Limits()
 
 
 # --------------------------------------------------------------------------- encoding
@@ -107,17 +132,50 @@ def dumps(message: Any, content_type: str = MSGPACK) -> bytes:
 
 
 def loads(body: bytes, content_type: str = MSGPACK) -> Any:
-    """Decode a body; JSON's ``"NaN"``-style strings stay strings until a ``decode_*`` reads them."""
+    """Decode a body; JSON's ``"NaN"``-style strings stay strings until a ``decode_*`` reads them. Every
+    string of the result is valid Unicode (a JSON escape of a lone surrogate is refused), and a body nested
+    too deeply to parse is a ProtocolError like any other bad body."""
     try:
         if content_type == MSGPACK:
             return msgpack.unpackb(body, raw=False, strict_map_key=True)
         if content_type == JSON:
-            return json.loads(body, parse_constant=_reject_json_constant)
+            message = json.loads(body, parse_constant=_reject_json_constant)
+            if _SURROGATE_ESCAPE.search(body):
+                _refuse_lone_surrogates(message, "body")
+            return message
     except ProtocolError:
         raise
+    except RecursionError:
+        raise ProtocolError("body", "nested too deeply; send a flat message as the API describes") from None
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError("body", f"not valid {content_type}: {exc}") from None
     raise ProtocolError("content-type", f"unsupported {content_type!r}; use {MSGPACK} or {JSON}")
+
+
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+"""Where a JSON body may hold a lone surrogate: only a ``\\uD800``-``\\uDFFF`` escape makes one."""
+
+
+def _refuse_lone_surrogates(value: Any, field: str) -> None:
+    """Raise ProtocolError at the first string (key or value) that is not valid Unicode."""
+    stack = [(value, field)]
+    while stack:  # iterative: the message may be deep
+        item, where = stack.pop()
+        if isinstance(item, str):
+            _check_unicode(item, where)
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                _check_unicode(key, where)
+                stack.append((inner, f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
+
+
+def _check_unicode(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(field, "holds a lone UTF-16 surrogate (\\uD800-\\uDFFF unpaired): not text") from None
 
 
 def _reject_json_constant(token: str) -> float:
@@ -141,13 +199,18 @@ def _float(value: Any, field: str) -> float:
     if type(value) is float:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # past float64's range: infinite, as a JSON 1e400 parses
+            return math.inf if value > 0 else -math.inf
     if isinstance(value, str) and value in _NONFINITE_TO_JSON:
         return _NONFINITE_TO_JSON[value]
     raise ProtocolError(field, f'expected a number or "NaN"/"Infinity"/"-Infinity", got {_show(value)}')
 
 
 def _int(value: Any, field: str, minimum: int | None = None) -> int:
+    if type(value) is float and value.is_integer():  # JSON does not tell 3.0 from 3
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise ProtocolError(field, f"expected an integer, got {_show(value)}")
     if minimum is not None and value < minimum:
@@ -163,11 +226,13 @@ def _bool(value: Any, field: str) -> bool:
     return value
 
 
-def _str(value: Any, field: str, max_len: int = 256, pattern: re.Pattern[str] | None = None) -> str:
+def _str(
+    value: Any, field: str, max_len: int = 256, pattern: re.Pattern[str] | None = None, limit: str | None = None
+) -> str:
     if not isinstance(value, str):
         raise ProtocolError(field, f"expected a string, got {_show(value)}")
     if len(value) > max_len:
-        raise ProtocolError(field, f"longer than {max_len} characters")
+        raise ProtocolError(field, f"longer than {max_len} characters", limit)
     if pattern is not None and not pattern.fullmatch(value):
         raise ProtocolError(field, f"{value!r} does not match {pattern.pattern}")
     return value
@@ -185,11 +250,11 @@ def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     return value
 
 
-def _list(value: Any, field: str, max_len: int) -> list[Any]:
+def _list(value: Any, field: str, max_len: int, limit: str | None = None) -> list[Any]:
     if not isinstance(value, list):
         raise ProtocolError(field, f"expected an array, got {_show(value)}")
     if len(value) > max_len:
-        raise ProtocolError(field, f"more than {max_len} entries")
+        raise ProtocolError(field, f"more than {max_len} entries", limit)
     return value
 
 
@@ -228,8 +293,6 @@ _LAYER_KEYS: Final = frozenset({"name", "kind", "activation", "params", "dtype"}
 _BATCH_KEYS: Final = frozenset({"protocol", "attempt", "records", "acks", "dropped", "final"})
 _RECORD_KEYS: Final = frozenset({"step", "skipped", "layers", *SCALAR_FIELDS})
 _ACK_KEYS: Final = frozenset({"id", "step"})
-MAX_LAYERS: Final = 4096
-MAX_RECORDS: Final = 10_000
 
 
 def _check_protocol(obj: Mapping[str, Any], versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> int:
@@ -240,35 +303,41 @@ def _check_protocol(obj: Mapping[str, Any], versions: tuple[int, ...] = PROTOCOL
     return version
 
 
-def decode_run(obj: Any) -> dict[str, Any]:
+def decode_run(obj: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Validate a run registration; return it normalised (absent optional fields filled in)."""
     obj = _mapping(obj, "body")
     _no_unknown(obj, "", _RUN_KEYS)
     _check_protocol(obj)
     run: dict[str, Any] = {"protocol": PROTOCOL_VERSION}
     for key in ("name", "team", "framework"):
-        run[key] = None if obj.get(key) is None else _str(obj[key], key)
+        run[key] = None if obj.get(key) is None else _name(obj[key], key, limits)
     policy = obj.get("dtype_policy")
     run["dtype_policy"] = "float32" if policy is None else _choice(policy, "dtype_policy", DTYPE_POLICIES)
     run["halt_on"] = _choice(obj.get("halt_on", "critical"), "halt_on", HALT_POLICIES)
     run["stable_loss"] = _bool(obj.get("stable_loss", False), "stable_loss")
-    run["layers"] = [
-        _decode_layer(v, f"layers[{i}]") for i, v in enumerate(_list(obj.get("layers", []), "layers", MAX_LAYERS))
-    ]
+    layers = _list(obj.get("layers", []), "layers", limits.layers, "layers")
+    run["layers"] = [_decode_layer(v, f"layers[{i}]", limits) for i, v in enumerate(layers)]
     meta = _mapping(obj.get("meta", {}), "meta")
-    run["meta"] = {_str(k, "meta", 64): _str(v, f"meta.{k}", 1024) for k, v in meta.items()}
+    run["meta"] = {
+        _name(k, "meta", limits): _str(v, f"meta.{k}", limits.text_chars, limit="text_chars") for k, v in meta.items()
+    }
     return run
 
 
-def _decode_layer(obj: Any, field: str) -> dict[str, Any]:
+def _name(value: Any, field: str, limits: Limits) -> str:
+    return _str(value, field, limits.name_chars, limit="name_chars")
+
+
+def _decode_layer(obj: Any, field: str, limits: Limits) -> dict[str, Any]:
     obj = _mapping(obj, field)
     _no_unknown(obj, field, _LAYER_KEYS)
     if "name" not in obj:
         raise ProtocolError(f"{field}.name", "required")
+    activation, kind = obj.get("activation"), obj.get("kind")
     row = {
-        "name": _str(obj["name"], f"{field}.name"),
-        "kind": _str(obj.get("kind") or "Layer", f"{field}.kind"),
-        "activation": None if obj.get("activation") is None else _str(obj["activation"], f"{field}.activation"),
+        "name": _name(obj["name"], f"{field}.name", limits),
+        "kind": "Layer" if kind is None or kind == "" else _name(kind, f"{field}.kind", limits),
+        "activation": None if activation is None else _name(activation, f"{field}.activation", limits),
         "params": _int(obj.get("params", 0), f"{field}.params", minimum=0),
     }
     if obj.get("dtype") is not None:  # kept only when sent: tables from older clients stay as they were
@@ -276,13 +345,13 @@ def _decode_layer(obj: Any, field: str) -> dict[str, Any]:
     return row
 
 
-def decode_batch(obj: Any, n_layers: int | None = None) -> dict[str, Any]:
+def decode_batch(obj: Any, n_layers: int | None = None, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Validate a step batch of either protocol; return it as protocol 1 spells it, its records as maps
     (what tools and test stand-ins read). ``n_layers`` (the run's layer table length) checks the layer arrays.
     The service itself reads batches as columns, with :func:`decode_steps`."""
     obj = _mapping(obj, "body")
     if _check_protocol(obj) == 2:
-        columnar = decode_steps(obj, n_layers)
+        columnar = decode_steps(obj, n_layers, limits)
         return {
             "protocol": 2,
             "attempt": columnar.attempt,
@@ -292,7 +361,7 @@ def decode_batch(obj: Any, n_layers: int | None = None) -> dict[str, Any]:
             "final": columnar.final,
         }
     _no_unknown(obj, "", _BATCH_KEYS)
-    records = _list(obj.get("records", []), "records", MAX_RECORDS)
+    records = _list(obj.get("records", []), "records", limits.records, "records")
     acks = _list(obj.get("acks", []), "acks", 1000)
     return {
         "protocol": 1,
@@ -362,12 +431,12 @@ class StepBatch:
     final: bool
 
 
-def decode_steps(obj: Any, n_layers: int | None = None) -> StepBatch:
+def decode_steps(obj: Any, n_layers: int | None = None, limits: Limits = DEFAULT_LIMITS) -> StepBatch:
     """Validate a step batch of protocol 1 or 2; ``n_layers`` (the run's layer table length) checks the
     per-layer arrays. Raises ProtocolError naming the offending field."""
     obj = _mapping(obj, "body")
     if _check_protocol(obj) == 1:
-        batch = decode_batch(obj, n_layers)
+        batch = decode_batch(obj, n_layers, limits)
         columns = StepColumns.from_records(batch["records"], n_layers)
         return StepBatch(1, batch["attempt"], columns, batch["acks"], batch["dropped"], batch["final"])
     _no_unknown(obj, "", _COLUMNAR_KEYS)
@@ -375,19 +444,19 @@ def decode_steps(obj: Any, n_layers: int | None = None) -> StepBatch:
     return StepBatch(
         protocol=2,
         attempt=_str(obj.get("attempt", "0"), "attempt", 64, ATTEMPT_PATTERN),
-        columns=_decode_columns(obj, n_layers),
+        columns=_decode_columns(obj, n_layers, limits.records),
         acks=[_decode_ack(a, f"acks[{i}]") for i, a in enumerate(acks)],
         dropped=_int(obj.get("dropped", 0), "dropped", minimum=0),
         final=_bool(obj.get("final", False), "final"),
     )
 
 
-def _decode_columns(obj: Mapping[str, Any], n_layers: int | None) -> StepColumns:
+def _decode_columns(obj: Mapping[str, Any], n_layers: int | None, max_records: int) -> StepColumns:
     if obj.get("dtype", FLOAT_DTYPE) != FLOAT_DTYPE:
         raise ProtocolError(
             "dtype", f"values travel as {FLOAT_DTYPE!r} (little-endian float64), got {_show(obj['dtype'])}"
         )
-    steps = _steps(obj.get("steps", b""))
+    steps = _steps(obj.get("steps", b""), max_records)
     n = len(steps)
     scalar_names = _names(obj.get("scalars", []), "scalars", SCALAR_COLUMNS)
     scalars = _packed(obj.get("scalar_values", b""), "scalar_values", (n, len(scalar_names)), "steps × scalars")
@@ -408,12 +477,12 @@ def _bin(value: Any, field: str) -> bytes:
     return value
 
 
-def _steps(value: Any) -> npt.NDArray[np.int64]:
+def _steps(value: Any, max_records: int) -> npt.NDArray[np.int64]:
     data = _bin(value, "steps")
     if len(data) % 8:
         raise ProtocolError("steps", f"expected little-endian int64, 8 bytes a step; got {len(data)} bytes")
-    if len(data) // 8 > MAX_RECORDS:
-        raise ProtocolError("steps", f"more than {MAX_RECORDS} steps; send fewer records per request")
+    if len(data) // 8 > max_records:
+        raise ProtocolError("steps", f"more than {max_records} steps; send fewer records per request", "records")
     steps = np.frombuffer(data, dtype="<i8").astype(np.int64)
     if len(steps) and (steps.min() < 0 or steps.max() > 2**62):
         raise ProtocolError("steps", "every step must be in 0 .. 2**62")

@@ -27,6 +27,7 @@ from typing import Any, Final
 from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
+from nanwatch_service.auth import ANONYMOUS, Caller
 from nanwatch_service.engine import Engine, UnknownRun
 
 STATUSES: Final = ("firing", "resolved")
@@ -57,17 +58,18 @@ class Alert:
         return self.labels.get("alertname", "unnamed")
 
 
-def parse_notification(message: Any) -> list[Alert]:
-    """The alerts of a webhook payload; :class:`protocol.ProtocolError` names the first wrong field."""
-    if not isinstance(message, dict) or str(message.get("version")) != "4":
+def parse_notification(message: Any, limits: protocol.Limits = protocol.DEFAULT_LIMITS) -> list[Alert]:
+    """The alerts of a webhook payload; :class:`protocol.ProtocolError` names the first wrong field. A label
+    value may hold ``limits.name_chars`` characters, an annotation ``limits.text_chars``."""
+    if not isinstance(message, dict) or message.get("version") != "4":
         raise protocol.ProtocolError("version", 'expected an Alertmanager webhook payload with "version": "4"')
     alerts = message.get("alerts")
     if not isinstance(alerts, list):
         raise protocol.ProtocolError("alerts", "expected an array of alert objects")
-    return [_alert(alert, f"alerts[{i}]") for i, alert in enumerate(alerts)]
+    return [_alert(alert, f"alerts[{i}]", limits) for i, alert in enumerate(alerts)]
 
 
-def _alert(obj: Any, field: str) -> Alert:
+def _alert(obj: Any, field: str, limits: protocol.Limits) -> Alert:
     if not isinstance(obj, dict):
         raise protocol.ProtocolError(field, "expected an alert object")
     if obj.get("status") not in STATUSES:
@@ -76,19 +78,24 @@ def _alert(obj: Any, field: str) -> Alert:
         if not isinstance(obj.get(key), str) or not obj[key]:
             raise protocol.ProtocolError(f"{field}.{key}", "expected a non-empty string")
     ends_at = obj.get("endsAt")
+    if ends_at is not None and not isinstance(ends_at, str):
+        raise protocol.ProtocolError(f"{field}.endsAt", "expected a string (a time)")
     return Alert(
         status=obj["status"],
-        labels=_strings(obj.get("labels"), f"{field}.labels"),
-        annotations=_strings(obj.get("annotations", {}), f"{field}.annotations"),
+        labels=_strings(obj.get("labels"), f"{field}.labels", limits.name_chars, "name_chars"),
+        annotations=_strings(obj.get("annotations", {}), f"{field}.annotations", limits.text_chars, "text_chars"),
         fingerprint=obj["fingerprint"],
         starts_at=obj["startsAt"],
-        ends_at=ends_at if isinstance(ends_at, str) else None,
+        ends_at=ends_at,
     )
 
 
-def _strings(obj: Any, field: str) -> dict[str, str]:
+def _strings(obj: Any, field: str, max_chars: int, limit: str) -> dict[str, str]:
     if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
         raise protocol.ProtocolError(field, "expected an object of string values")
+    for key, value in obj.items():
+        if len(value) > max_chars:
+            raise protocol.ProtocolError(f"{field}.{key}", f"longer than {max_chars} characters", limit)
     return obj
 
 
@@ -117,8 +124,11 @@ class AlertLedger:
             self._seen.pop(key, None)
 
 
-async def handle(engine: Engine, ledger: AlertLedger, alerts: list[Alert]) -> dict[str, Any]:
-    """Halt and record what is new in ``alerts``; report what happened to each."""
+async def handle(
+    engine: Engine, ledger: AlertLedger, alerts: list[Alert], caller: Caller = ANONYMOUS
+) -> dict[str, Any]:
+    """Halt and record what is new in ``alerts`` as ``caller``; report what happened to each. A run the
+    caller may not see is skipped like an unknown one."""
     outcome: dict[str, Any] = {"halted": [], "recorded": [], "duplicates": 0, "skipped": []}
     for alert in alerts:
         run_id = alert.labels.get("run_id")
@@ -128,7 +138,7 @@ async def handle(engine: Engine, ledger: AlertLedger, alerts: list[Alert]) -> di
             outcome["duplicates"] += 1
         else:
             try:
-                await _handle_new(engine, alert, run_id, outcome)
+                await _handle_new(engine, alert, run_id, outcome, caller)
             except UnknownRun:
                 ledger.release(alert.key)
                 outcome["skipped"].append({"run_id": run_id, "alertname": alert.name, "why": "unknown run"})
@@ -138,9 +148,12 @@ async def handle(engine: Engine, ledger: AlertLedger, alerts: list[Alert]) -> di
     return outcome
 
 
-async def _handle_new(engine: Engine, alert: Alert, run_id: str, outcome: dict[str, Any]) -> None:
+async def _handle_new(engine: Engine, alert: Alert, run_id: str, outcome: dict[str, Any], caller: Caller) -> None:
+    if not caller.can_see(await engine.team_of(run_id)):
+        raise UnknownRun(run_id)
     if alert.status == "firing":
-        command, created = await engine.halt(run_id, reason=_reason(alert), source="alertmanager")
+        reason = _reason(alert, engine.settings.max_text_chars)
+        command, created = await engine.halt(run_id, reason=reason, source="alertmanager", sent_by=caller.name)
         outcome["halted"].append({"run_id": run_id, "command_id": command["id"], "created": created})
     await run_in_threadpool(record, engine, run_id, alert)
     outcome["recorded"].append({"run_id": run_id, "alertname": alert.name, "status": alert.status})
@@ -187,6 +200,6 @@ def _alert_doc(alert: Alert) -> dict[str, Any]:
     }
 
 
-def _reason(alert: Alert) -> str:
+def _reason(alert: Alert, max_chars: int) -> str:
     text = alert.annotations.get("summary") or alert.annotations.get("description") or ""
-    return f"alert {alert.name}: {text}".strip().rstrip(":")[:4096]
+    return f"alert {alert.name}: {text}".strip().rstrip(":")[:max_chars]

@@ -1,24 +1,30 @@
 """``create_app(settings)``: the FastAPI application. Nothing is built at import time; the store opens
-in the lifespan, and every app has its own Prometheus registry."""
+in the lifespan, and every app has its own Prometheus registry and its own book of tokens (read here, so
+that a broken tokens file stops the service before it listens)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 import nanwatch
+from nanwatch_service import retention
 from nanwatch_service.alerts import AlertLedger
-from nanwatch_service.api import ROUTERS
-from nanwatch_service.engine import Engine, UnknownRun
+from nanwatch_service.api import ROUTERS, errors, openapi
+from nanwatch_service.api.headers import SecurityHeaders
+from nanwatch_service.auth import TokenBook, legacy_tokens
+from nanwatch_service.engine import Engine
 from nanwatch_service.metrics import ServiceMetrics
 from nanwatch_service.settings import Settings
-from nanwatch_service.store import Store, StoreError, open_store
+from nanwatch_service.store import Store, open_store
 from nanwatch_service.web import install as install_pages
 
 
@@ -33,11 +39,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.metrics.attach(engine)
         app.state.engine = engine
         engine.start()
-        watching = asyncio.create_task(engine.watch_commands(), name="nanwatch-commands")
+        tasks = [
+            asyncio.create_task(engine.watch_commands(), name="nanwatch-commands"),
+            asyncio.create_task(retention.keep_bounded(engine), name="nanwatch-retention"),
+        ]
         try:
-            yield
+            with _reload_on_sighup(app.state.tokens):
+                yield
         finally:
-            watching.cancel()
+            for task in tasks:
+                task.cancel()
             await run_in_threadpool(engine.close)
             if store is None:
                 opened.close()
@@ -49,24 +60,34 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.tokens = TokenBook(settings.tokens_file, legacy_tokens(settings.token, settings.webhook_token))
     app.state.metrics = ServiceMetrics(CollectorRegistry())
     app.state.alert_ledger = AlertLedger()
     for router in ROUTERS:
         app.include_router(router)
-    _add_handlers(app)
+    _add_metrics(app)
+    errors.install(app)
+    openapi.install(app, settings.limits, app.state.tokens.required)
+    app.add_middleware(SecurityHeaders)
     install_pages(app)
     return app
 
 
-def _add_handlers(app: FastAPI) -> None:
-    @app.exception_handler(UnknownRun)
-    async def unknown_run(request: Request, exc: UnknownRun) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+@contextlib.contextmanager
+def _reload_on_sighup(tokens: TokenBook) -> Iterator[None]:
+    """SIGHUP reads the tokens file again (only the main thread may take signals; a service in a thread of
+    another program, as in the tests, leaves them alone)."""
+    if tokens.path is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: tokens.request_reload())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
-    @app.exception_handler(StoreError)
-    async def store_down(request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse({"detail": f"store unavailable, retry later: {exc}"}, status_code=503)
 
+def _add_metrics(app: FastAPI) -> None:
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus exposition of run-level and service metrics."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 from nanwatch import protocol
 from nanwatch.transport import HttpTransport, Request
+from nanwatch_service.auth import ROLE_NAMES, TokenBook, TokensFileError, add_token
 from nanwatch_service.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -50,8 +52,24 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--db", default=settings.db, help="SQLite file (default %(default)s)")
     where.add_argument("--database-url", default=settings.database_url, help="postgresql://... for replicas")
-    serve.add_argument("--log-level", default=environ.get("NANWATCH_LOG_LEVEL", "info"))
+    serve.add_argument("--tokens-file", default=settings.tokens_file, help="TOML [[tokens]]: name, team, role, sha256")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=settings.allow_anonymous,
+        help="serve a non-loopback address without any token (anyone who reaches it may do anything)",
+    )
+    # Not "trace": uvicorn's trace level logs every request's headers, bearer tokens included.
+    levels = ("critical", "error", "warning", "info", "debug")
+    serve.add_argument("--log-level", choices=levels, default=environ.get("NANWATCH_LOG_LEVEL", "info"))
     serve.set_defaults(func=_serve)
+    tokens = sub.add_parser("tokens", help="manage the tokens file").add_subparsers(required=True, metavar="ACTION")
+    add = tokens.add_parser("add", help="add a token to the tokens file; prints the token, once")
+    add.add_argument("--name", required=True, help="who holds it (shown in the audit trail)")
+    add.add_argument("--team", required=True, help="the team whose runs it reaches; '*' for every team")
+    add.add_argument("--role", required=True, choices=ROLE_NAMES)
+    add.add_argument("--file", default=settings.tokens_file, help="the tokens file (default: NANWATCH_TOKENS_FILE)")
+    add.set_defaults(func=_add_token)
     for name, func, help_text in (
         ("runs", _runs, "list runs"),
         ("events", _events, "list a run's findings"),
@@ -79,8 +97,64 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nanwatch_service.app import create_app
     from nanwatch_service.local import server
 
-    settings = Settings.from_env(environ, host=args.host, port=args.port, db=args.db, database_url=args.database_url)
-    server(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level).run()
+    settings = Settings.from_env(
+        environ,
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        database_url=args.database_url,
+        tokens_file=args.tokens_file,
+        allow_anonymous=args.allow_anonymous or None,
+    )
+    try:
+        app = create_app(settings)
+    except TokensFileError as exc:
+        raise CliError(f"{exc}; fix the file, or add tokens with `nanwatch tokens add`") from None
+    print(f"nanwatch: {_access(settings, app.state.tokens)}", file=sys.stderr, flush=True)
+    server(app, host=settings.host, port=settings.port, log_level=args.log_level).run()
+    return 0
+
+
+def _access(settings: Settings, tokens: TokenBook) -> str:
+    """Who may call the service, in a line; CliError when it must not start like this."""
+    if tokens.path is not None:
+        return f"tokens file {tokens.path}: {len(tokens.names)} token(s); every call needs one"
+    if tokens.required:
+        return f"{' and '.join(tokens.names)} configured; every call needs a token"
+    if _is_loopback(settings.host):
+        return f"no token configured: anyone on this machine may call {settings.host}:{settings.port}"
+    if not settings.allow_anonymous:
+        raise CliError(
+            f"refusing to serve {settings.host} without tokens: anyone who reaches it could read, halt and delete "
+            "every run. Give a tokens file (--tokens-file / NANWATCH_TOKENS_FILE; `nanwatch tokens add` makes "
+            "one), or serve 127.0.0.1, or pass --allow-anonymous (NANWATCH_ALLOW_ANONYMOUS=1) if you mean it"
+        )
+    return f"WARNING: no token configured and serving {settings.host} (--allow-anonymous): anyone may do anything"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _add_token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if not args.file:
+        raise CliError("which tokens file? pass --file PATH or set NANWATCH_TOKENS_FILE")
+    try:
+        token = add_token(args.file, name=args.name, team=args.team, role=args.role)
+    except (TokensFileError, OSError) as exc:
+        raise CliError(f"no token added: {exc}") from None
+    print(token)
+    print(
+        f"nanwatch: token {args.name!r} ({args.role} of team {args.team!r}) added to {args.file}; it is printed "
+        "once, above, and not stored: hand it to its holder now (a running service reads the file again by "
+        "itself)",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
 from nanwatch.columns import StepColumns
+from nanwatch_service.auth import ANONYMOUS, Caller
 from nanwatch_service.committer import GroupCommitter
 from nanwatch_service.detectors import EpisodeChange, Finding
 from nanwatch_service.halt import finding_to_halt, halt_reason, is_in_force, new_command, wire_command
@@ -31,11 +32,26 @@ from nanwatch_service.store.base import IngestWrite, RunProgress
 
 
 class UnknownRun(LookupError):
-    """No run with that id is registered."""
+    """No run with that id is registered, or none the caller may see (the two read the same)."""
+
+    def __init__(self, run_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"run {run_id!r} is not registered; PUT /v1/runs/{run_id} first")
+        self.run_id = run_id
+
+
+class RunTaken(UnknownRun):
+    """A registration names a run id that another team's run already holds."""
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id!r} is not registered; PUT /v1/runs/{run_id} first")
-        self.run_id = run_id
+        super().__init__(run_id, f"run id {run_id!r} is taken by a run you cannot see; choose another run_id")
+
+
+class TeamFull(Exception):
+    """A team already holds as many runs as ``max_runs_per_team`` allows."""
+
+    def __init__(self, team: str | None, limit: int) -> None:
+        super().__init__(f"team {team!r} already holds {limit} runs; delete finished runs or raise the limit")
+        self.team, self.limit = team, limit
 
 
 class Engine:
@@ -67,17 +83,42 @@ class Engine:
         self.committer.close()
 
     # ------------------------------------------------------------------ runs
-    def register(self, run_id: str, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Register or update a run; a halted or finished run that registers again is running again."""
+    def register(self, run_id: str, spec: dict[str, Any], caller: Caller = ANONYMOUS) -> tuple[dict[str, Any], bool]:
+        """Register or update a run for ``caller``; a halted or finished run that registers again is running
+        again. The run belongs to the caller's team (see :meth:`Caller.owner_of_new_run`); another team's
+        run id raises :class:`RunTaken`, a new run beyond ``max_runs_per_team`` :class:`TeamFull`."""
         now = self.clock()
+        spec = {**spec, "team": caller.owner_of_new_run(spec.get("team"))}
         with self.store.transaction():
+            existing = self.store.get_run(run_id)
+            if existing is not None and not caller.can_see(existing["team"]):
+                raise RunTaken(run_id)
+            if existing is None and self.store.count_runs(spec["team"]) >= self.settings.max_runs_per_team:
+                raise TeamFull(spec["team"], self.settings.max_runs_per_team)
             created = self.store.upsert_run(run_id, spec, now)
-            row = self.store.get_run(run_id)
-            assert row is not None
-            if row["status"] in ("halted", "finished"):
+            if existing is not None and existing["status"] in ("halted", "finished"):
                 self.store.update_run(run_id, status="running", last_seen=now)
-        self._forget(run_id)
+        self.forget(run_id)
         return self.run_view(run_id), created
+
+    def delete(self, run_id: str) -> None:
+        """Delete a run with its history, events and commands (UnknownRun when there is none)."""
+        with self.store.transaction():
+            if not self.store.delete_run(run_id):
+                raise UnknownRun(run_id)
+        self.forget(run_id)
+
+    async def team_of(self, run_id: str) -> str | None:
+        """The team that owns the run (from memory when this replica holds it); UnknownRun when none does."""
+        with self._states_lock:
+            state = self._states.get(run_id)
+        if state is not None:
+            return state.team or None
+        row = await run_in_threadpool(self.store.get_run, run_id)
+        if row is None:
+            raise UnknownRun(run_id)
+        team: str | None = row["team"]
+        return team
 
     def run_view(self, run_id: str) -> dict[str, Any]:
         """What ``GET /v1/runs/{run_id}`` shows."""
@@ -119,14 +160,14 @@ class Engine:
     async def ingest(self, run_id: str, message: Any) -> dict[str, Any]:
         """Decode a step batch (ProtocolError when it is bad), decide it, commit it; return the reply."""
         state = await self.state(run_id)
-        batch = protocol.decode_steps(message, n_layers=state.n_layers)
+        batch = protocol.decode_steps(message, n_layers=state.n_layers, limits=self.settings.limits)
         async with state.lock:
             await self._learn_acked_commands(state, batch.acks)
             write, deliver = self._decide(state, batch)
         try:
             await self.committer.write(write)
         except StoreError:
-            self._forget(run_id)  # the detectors saw records the store did not keep
+            self.forget(run_id)  # the detectors saw records the store did not keep
             raise
         if write.new_commands:
             state.wake()  # committed: the channels may hand it out
@@ -279,25 +320,30 @@ class Engine:
             state.wake()
 
     # ------------------------------------------------------------------ operator halts
-    async def halt(self, run_id: str, *, reason: str, source: str) -> tuple[dict[str, Any], bool]:
-        """Queue a halt for the run's next ingest reply; idempotent while one is in force."""
+    async def halt(
+        self, run_id: str, *, reason: str, source: str, sent_by: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Queue a halt for the run's next ingest reply; idempotent while one is in force. ``sent_by`` is
+        the name of the token that asked (the audit trail), None for a detector."""
         state = self._states.get(run_id)
         if state is not None:
             async with state.lock:  # decided against what this replica holds, not behind its back
-                return await self._halt(run_id, state, reason, source)
-        return await self._halt(run_id, None, reason, source)
+                return await self._halt(run_id, state, reason, source, sent_by)
+        return await self._halt(run_id, None, reason, source, sent_by)
 
-    async def _halt(self, run_id: str, state: RunState | None, reason: str, source: str) -> tuple[dict[str, Any], bool]:
+    async def _halt(
+        self, run_id: str, state: RunState | None, reason: str, source: str, sent_by: str | None
+    ) -> tuple[dict[str, Any], bool]:
         if state is not None and is_in_force(state.latest_halt, state.status):
             return _public_command(state.latest_halt or {}), False
-        command, created = await run_in_threadpool(self._halt_in_store, run_id, reason, source)
+        command, created = await run_in_threadpool(self._halt_in_store, run_id, reason, source, sent_by)
         if created:
             if state is not None:
                 state.add_command(command)
             self.on_halt(source)
         return _public_command(command), created
 
-    def _halt_in_store(self, run_id: str, reason: str, source: str) -> tuple[dict[str, Any], bool]:
+    def _halt_in_store(self, run_id: str, reason: str, source: str, sent_by: str | None) -> tuple[dict[str, Any], bool]:
         now = self.clock()
         with self.store.transaction():
             row = self.store.get_run(run_id)
@@ -307,7 +353,9 @@ class Engine:
             if current is not None and is_in_force(current, row["status"]):
                 return current, False
             at_step = row["last_step"] or 0
-            command = new_command(reason=reason, source=source, step=row["last_step"], at_step=at_step, now=now)
+            command = new_command(
+                reason=reason, source=source, step=row["last_step"], at_step=at_step, now=now, sent_by=sent_by
+            )
             self.store.insert_command(run_id, command)
         return command, True
 
@@ -384,7 +432,8 @@ class Engine:
         with self._states_lock:
             return list(self._states.values())
 
-    def _forget(self, run_id: str) -> None:
+    def forget(self, run_id: str) -> None:
+        """Drop the run's in-memory state (the next request reloads it from the store)."""
         with self._states_lock:
             state = self._states.pop(run_id, None)
         if state is not None and self._loop is not None:  # its channels look again, at what replaces it
@@ -409,8 +458,10 @@ def _pending_doc(command: dict[str, Any]) -> dict[str, Any]:
         "delivered_at": command.get("delivered_at"),
         "acked_step": command["acked_step"],
         "acked_at": command["acked_at"],
+        "sent_by": command.get("sent_by"),
     }
 
 
 def _public_command(command: dict[str, Any]) -> dict[str, Any]:
-    return {**wire_command(command), "created_at": command["created_at"], "acked_step": command["acked_step"]}
+    public = {**wire_command(command), "created_at": command["created_at"], "acked_step": command["acked_step"]}
+    return public | {"sent_by": command.get("sent_by")}

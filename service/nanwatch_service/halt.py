@@ -32,8 +32,10 @@ def finding_to_halt(policy: str, findings: Sequence[Finding]) -> Finding | None:
     return min(eligible, key=lambda f: (-SEVERITY_RANK[f.severity], f.step))
 
 
-def new_command(*, reason: str, source: str, step: int | None, at_step: int, now: float) -> dict[str, Any]:
-    """A halt command ready for the store."""
+def new_command(
+    *, reason: str, source: str, step: int | None, at_step: int, now: float, sent_by: str | None = None
+) -> dict[str, Any]:
+    """A halt command ready for the store; ``sent_by`` names the token that asked (None for a detector)."""
     return {
         "id": uuid.uuid4().hex,
         "action": "halt",
@@ -45,6 +47,7 @@ def new_command(*, reason: str, source: str, step: int | None, at_step: int, now
         "delivered_at": None,
         "acked_at": None,
         "acked_step": None,
+        "sent_by": sent_by,
     }
 
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from nanwatch import protocol
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -18,12 +20,40 @@ class Settings:
     """SQLite file (WAL mode); used when ``database_url`` is not set."""
     database_url: str | None = None
     """``postgresql://...`` to share state between replicas."""
+    tokens_file: str | None = None
+    """The tokens file (TOML ``[[tokens]]``: name, team, role, sha256; see ``nanwatch_service.auth``). With it,
+    every call but ``/healthz``, ``/readyz``, ``/metrics`` and the API description needs a token."""
     token: str | None = None
-    """When set, writes (register, ingest, halt, webhook) need ``Authorization: Bearer <token>``."""
+    """Legacy: one admin token of every team (named ``NANWATCH_TOKEN``); with it every call needs a token."""
     webhook_token: str | None = None
-    """When set, the Alertmanager webhook also takes this token, which opens nothing else; the webhook then
-    needs a token even when ``token`` is unset. Alertmanager reads it from a credentials file."""
+    """Legacy: one operator token of every team (named ``NANWATCH_WEBHOOK_TOKEN``), what Alertmanager sends;
+    put it in the tokens file instead (``nanwatch tokens add --team '*' --role operator``)."""
+    allow_anonymous: bool = False
+    """Serve a non-loopback address with no token configured (anyone who reaches it may read, write,
+    halt and delete every run)."""
     max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body (413)."""
+    max_records: int = protocol.MAX_RECORDS
+    """Most step records in one request (413)."""
+    max_layers: int = protocol.MAX_LAYERS
+    """Most layers in a run's layer table (422)."""
+    max_name_chars: int = protocol.MAX_NAME_CHARS
+    """Longest name in a registration: run name, team, framework, a layer's name, kind, activation, a meta
+    key; and an alert's label value (422)."""
+    max_text_chars: int = protocol.MAX_TEXT_CHARS
+    """Longest free text: a meta value, a halt's reason, an alert's annotation (422)."""
+    max_runs_per_team: int = 10_000
+    """Most runs a team may hold (runs without a team count as one team); a new one beyond is refused (422)."""
+    retain_steps: int = 100_000
+    """Step records of a run kept in full, the newest; older ones are downsampled."""
+    retain_every: int = 100
+    """Of the older records, one is kept per this many steps (per attempt)."""
+    retain_around_events: int = 50
+    """Steps kept in full on each side of an event's steps (where it started, worsened, was last seen, ended)."""
+    retain_runs_s: float = 90 * 86400.0
+    """A run not seen for this long (finished, halted or gone silent) is deleted with its history. 0 keeps it."""
+    retention_interval_s: float = 300.0
+    """How often a replica applies the retention rules (0: never)."""
     stale_after_s: float = 300.0
     """A running run silent for this long reads as ``stale`` and stops being exported to Prometheus."""
     horizon: int = 10
@@ -34,6 +64,25 @@ class Settings:
     """A delivered command not acknowledged after this long is delivered again."""
     command_poll_s: float = 1.0
     """On PostgreSQL, how often a replica looks for halts that another replica issued to its runs."""
+
+    def __post_init__(self) -> None:
+        caps = {"max_records": protocol.MAX_RECORDS, "max_layers": protocol.MAX_LAYERS}
+        caps |= {"max_name_chars": protocol.MAX_NAME_CHARS, "max_text_chars": protocol.MAX_TEXT_CHARS}
+        for name, cap in caps.items():
+            if not 1 <= getattr(self, name) <= cap:
+                raise ValueError(f"NANWATCH_{name.upper()} must be in 1..{cap} (the protocol's own limit)")
+        if self.retain_every < 1:
+            raise ValueError("NANWATCH_RETAIN_EVERY must be >= 1 (1 keeps every record)")
+
+    @property
+    def limits(self) -> protocol.Limits:
+        """The message limits these settings set, for ``nanwatch.protocol``'s decoders."""
+        return protocol.Limits(self.max_records, self.max_layers, self.max_name_chars, self.max_text_chars)
+
+    @staticmethod
+    def variable(limit: str) -> str:
+        """The environment variable that sets a :class:`~nanwatch.protocol.Limits` field."""
+        return f"NANWATCH_MAX_{limit.upper()}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

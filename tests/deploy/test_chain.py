@@ -1,7 +1,8 @@
 """The real halt chain, as shipped: nanwatch → Prometheus → Alertmanager → the webhook halts a diverging job
 before its first non-finite value, and leaves a healthy job alone.
 
-On free loopback ports: ``nanwatch serve`` (with a writers' token and the webhook's own token), Prometheus
+On free loopback ports: ``nanwatch serve`` (with the shipped tokens file, which holds the webhook's token, and
+a writer token of team "chain" added to a copy of it by ``nanwatch tokens add``), Prometheus
 with deploy/prometheus/prometheus.yml and its rule files, Alertmanager with
 deploy/alertmanager/alertmanager.yml and its credentials file; only hosts and ports are rewritten. Two jobs
 stream through ``nanwatch.Monitor(..., halt_on="never")`` (so only an alert can stop them), a step every
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import random
-import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,9 +35,10 @@ import pytest
 import yaml
 
 from nanwatch import Halt, Monitor
+from nanwatch_service.auth import add_token
 from tests.conftest import ServiceProcess, wait_until
 from tests.deploy.promql import dashboard_queries, selectors, signal, substitute, variable_queries
-from tests.deploy.stack import AM_DIR, PROM_DIR, ROOT, Daemon, PrometheusApi, alertmanager, prometheus
+from tests.deploy.stack import PROM_DIR, ROOT, Daemon, PrometheusApi, alertmanager, prometheus
 
 TEAM = "chain"
 STEP_S = 0.5
@@ -136,10 +138,10 @@ class Chain:
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[Chain]:
     """nanwatch, Alertmanager and Prometheus on loopback; all three stopped after the test."""
-    webhook_token = (AM_DIR / "nanwatch-webhook-token").read_text().strip()
-    writer_token = secrets.token_hex(16)
-    env = {"NANWATCH_TOKEN": writer_token, "NANWATCH_WEBHOOK_TOKEN": webhook_token}
-    service = ServiceProcess(tmp_path / "nanwatch.db", extra_env=env)
+    tokens = tmp_path / "tokens.toml"
+    shutil.copy(ROOT / "deploy" / "nanwatch" / "tokens.toml", tokens)
+    writer_token = add_token(tokens, name="chain-jobs", team=TEAM, role="writer")
+    service = ServiceProcess(tmp_path / "nanwatch.db", extra_env={"NANWATCH_TOKENS_FILE": str(tokens)})
     am = alertmanager(tmp_path, service.port)
     prom = prometheus(tmp_path, service.port, am.port)
     api = PrometheusApi(prom.url)
@@ -175,7 +177,8 @@ def test_the_chain_halts_a_diverging_job_before_its_first_nonfinite_value(
         threads[1].join(timeout=30)
     ended = time.time()
 
-    with httpx.Client(base_url=chain.service.url, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {chain.writer_token}"}
+    with httpx.Client(base_url=chain.service.url, headers=headers, timeout=30) as client:
         run = client.get(f"/v1/runs/{job.run_id}").json()
         calm_run = client.get(f"/v1/runs/{calm.run_id}").json()
         events = client.get(f"/v1/runs/{job.run_id}/events", params={"detector": "alertmanager"}).json()["events"]
@@ -187,9 +190,10 @@ def test_the_chain_halts_a_diverging_job_before_its_first_nonfinite_value(
     assert job.halt.source == "alertmanager", job.halt
     assert job.halt.step < FIRST_NONFINITE_STEP and not job.nonfinite_sent, (job.halt, job.nonfinite_sent)
     assert run["status"] == "halted" and run["halt"]["acked_step"] == job.halt.step
+    assert run["halt"]["sent_by"] == "alertmanager"  # the webhook's entry in the shipped tokens file
     assert calm.halt is None and calm_run["halt"] is None
     assert chain.api.query(f'ALERTS{{run_id="{calm.run_id}"}}[1h]', at=ended) == [], "an alert fired on the healthy run"
-    _check_links(chain.service.url, alert=firing[0]["alert"], run_id=job.run_id)
+    _check_links(chain.service.url, alert=firing[0]["alert"], run_id=job.run_id, headers=headers)
     empty = _empty_queries(chain.api, {"team": TEAM, "run_id": job.run_id}, started, ended)
     assert not empty, "queries that returned no data:\n" + "\n".join(empty)
 
@@ -228,12 +232,12 @@ def _raw(api: PrometheusApi, expr: str, at: float) -> list[tuple[float, float]]:
     return [(float(t), float(v)) for row in result for t, v in row["values"]]
 
 
-def _check_links(service_url: str, alert: dict[str, Any], run_id: str) -> None:
+def _check_links(service_url: str, alert: dict[str, Any], run_id: str, headers: dict[str, str]) -> None:
     """The alert's links open the run dashboard and, host aside, the run's REST page."""
     annotations = alert["annotations"]
     assert "/d/nanwatch-run/" in annotations["dashboard"] and f"var-run_id={run_id}" in annotations["dashboard"]
     path = "/" + annotations["run"].split("/", 3)[3]
-    page = httpx.get(service_url + path, timeout=30)
+    page = httpx.get(service_url + path, headers=headers, timeout=30)
     assert page.status_code == 200 and page.json()["run_id"] == run_id, annotations["run"]
     uids = {json.loads(path.read_text())["uid"] for path in DASHBOARDS}
     assert "nanwatch-run" in uids

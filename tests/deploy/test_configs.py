@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from nanwatch_service.auth import Role, TokenBook
 from tests.deploy.promql import dashboard_queries, metric_names, selectors, signal, substitute, variable_queries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +36,7 @@ RUN = DASHBOARDS / "run.json"
 GRAFANA_DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_DASHBOARD_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "nanwatch.yml"
 COMPOSE = ROOT / "docker-compose.yml"
+TOKENS_FILE = ROOT / "deploy" / "nanwatch" / "tokens.toml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "k8s"
 
@@ -268,15 +270,32 @@ def test_alertmanager_webhook_receiver() -> None:
     assert halt_route["group_wait"] == "0s"
 
 
-def test_the_webhook_token_is_a_credentials_file_shared_with_nanwatch() -> None:
+def test_the_webhook_token_is_a_credentials_file_whose_hash_is_an_operator_of_every_team() -> None:
     (hook,) = {r["name"]: r for r in _load_yaml(AM_CONFIG)["receivers"]}["nanwatch-halt"]["webhook_configs"]
     auth = hook["http_config"]["authorization"]
     assert auth["type"] == "Bearer" and "credentials" not in auth
     path = Path(auth["credentials_file"])
     assert not path.is_absolute(), "relative to alertmanager.yml, so the same file works mounted and in the tests"
     token = (AM_CONFIG.parent / path).read_text().strip()
+    caller = TokenBook(TOKENS_FILE).resolve(token)
+    assert caller is not None and caller.name == "alertmanager"
+    assert caller.team == "*" and caller.role == Role.OPERATOR
+
+
+def test_compose_and_kubernetes_serve_with_the_tokens_file() -> None:
     nanwatch = _load_yaml(COMPOSE)["services"]["nanwatch"]
-    assert nanwatch["environment"]["NANWATCH_WEBHOOK_TOKEN"] == token
+    path = nanwatch["environment"]["NANWATCH_TOKENS_FILE"]
+    assert f"./deploy/nanwatch:{Path(path).parent}:ro" in nanwatch["volumes"]
+    assert (ROOT / "deploy" / "nanwatch" / Path(path).name).is_file()
+    assert not {"NANWATCH_TOKEN", "NANWATCH_WEBHOOK_TOKEN", "NANWATCH_ALLOW_ANONYMOUS"} & set(nanwatch["environment"])
+    pod = _k8s_docs()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [tokens] = [name for name, m in mounts.items() if m["mountPath"] == str(Path(env["NANWATCH_TOKENS_FILE"]).parent)]
+    assert "subPath" not in mounts[tokens], "a subPath mount never sees the Secret change"
+    assert volumes[tokens]["secret"]["secretName"] == "nanwatch-tokens"
 
 
 # ------------------------------------------------------------------------------------------- grafana

@@ -152,34 +152,37 @@ def test_a_malformed_payload_is_422_naming_the_field_and_halts_nothing(
 
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[httpx.Client]:
-    """A service with a writers' token and the webhook's own token."""
-    settings = Settings(db=str(tmp_path / "nanwatch.db"), token="writer-secret", webhook_token="webhook-secret")
+    """A service with the legacy tokens: NANWATCH_TOKEN (admin) and NANWATCH_WEBHOOK_TOKEN (operator)."""
+    settings = Settings(db=str(tmp_path / "nanwatch.db"), token="admin-secret", webhook_token="webhook-secret")
     with ServiceThread(settings) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
 
 
-def test_with_tokens_configured_the_webhook_needs_its_own_token(guarded: httpx.Client) -> None:
-    writer = {"Authorization": "Bearer writer-secret"}
+def test_the_legacy_webhook_token_is_an_operator_of_every_team(guarded: httpx.Client) -> None:
+    admin = {"Authorization": "Bearer admin-secret"}
     hook = {"Authorization": "Bearer webhook-secret"}
-    guarded.headers.update(writer)  # the helpers send no token of their own
+    guarded.headers.update(admin)  # the helpers send no token of their own
     register(guarded, "locked")
     del guarded.headers["Authorization"]
     body = _payload(_alert("firing", {"run_id": "locked"}))
     assert guarded.post("/v1/alertmanager", json=body).status_code == 401
     wrong = guarded.post("/v1/alertmanager", json=body, headers={"Authorization": "Bearer webhook-secretx"})
-    assert wrong.status_code == 401 and "NANWATCH_WEBHOOK_TOKEN" in wrong.json()["detail"]
-    assert guarded.post("/v1/alertmanager", json=body, headers=hook).json()["halted"][0]["created"] is True
-    assert guarded.post("/v1/alertmanager", json=body, headers=writer).json()["duplicates"] == 1
-    # The webhook's token opens the webhook only.
-    assert guarded.put("/v1/runs/other", json={"name": "other"}, headers=hook).status_code == 401
-    assert guarded.post("/v1/runs/locked/halt", json={"reason": "x"}, headers=hook).status_code == 401
+    assert wrong.status_code == 401 and "webhook-secret" not in wrong.text
+    [halted] = guarded.post("/v1/alertmanager", json=body, headers=hook).json()["halted"]
+    assert halted["created"] is True
+    assert guarded.post("/v1/alertmanager", json=body, headers=admin).json()["duplicates"] == 1
+    command = guarded.post("/v1/runs/locked/halt", json={"reason": "x"}, headers=hook).json()["command"]
+    assert command["sent_by"] == "NANWATCH_WEBHOOK_TOKEN"  # the alert's halt, still in force
+    assert guarded.delete("/v1/runs/locked", headers=hook).status_code == 403  # an operator, not an admin
 
 
-def test_a_webhook_token_alone_closes_the_webhook(tmp_path: Path) -> None:
+def test_a_webhook_token_alone_closes_every_call(tmp_path: Path) -> None:
     settings = Settings(db=str(tmp_path / "nanwatch.db"), webhook_token="webhook-secret")
     with ServiceThread(settings) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-        register(client, "open-writes")  # writes stay open without NANWATCH_TOKEN
+        assert client.put("/v1/runs/open-writes", json={"name": "x"}).status_code == 401
+        client.headers["Authorization"] = "Bearer webhook-secret"
+        register(client, "open-writes")
         body = _payload(_alert("firing", {"run_id": "open-writes"}))
+        assert client.post("/v1/alertmanager", json=body).status_code == 200
+        del client.headers["Authorization"]
         assert client.post("/v1/alertmanager", json=body).status_code == 401
-        ok = client.post("/v1/alertmanager", json=body, headers={"Authorization": "Bearer webhook-secret"})
-        assert ok.status_code == 200

@@ -11,8 +11,6 @@ from nanwatch.columns import StepColumns
 from nanwatch_service.store import Store
 from nanwatch_service.store.base import IngestWrite
 
-from .test_store import store  # noqa: F401  (the fixture: SQLite and PostgreSQL)
-
 SPEC = {"name": "r", "layers": [{"name": f"d{i}", "kind": "Dense", "activation": None, "params": 3} for i in range(2)]}
 
 
@@ -24,7 +22,7 @@ def _ingest(into: Store, attempt: str, records: list[dict[str, Any]], now: float
     into.write_ingest([IngestWrite("r", attempt, now, StepColumns.from_records(records, 2))])
 
 
-def test_series_are_columns_with_nan_and_inf_kept_and_absence_told_apart(store: Store) -> None:  # noqa: F811
+def test_series_are_columns_with_nan_and_inf_kept_and_absence_told_apart(store: Store) -> None:
     store.upsert_run("r", SPEC, 0.0)
     _ingest(store, "a1", [_record(0, 1.0, grad_norm=[0.5, 0.25], act_max_abs=[3.0, 4.0])])
     _ingest(store, "a1", [_record(1, math.nan, grad_norm=[math.inf, -math.inf]), _record(2, math.inf)])
@@ -41,7 +39,7 @@ def test_series_are_columns_with_nan_and_inf_kept_and_absence_told_apart(store: 
     assert acts[0].tolist() == [3.0, 4.0] and present.tolist() == [True, False, False]  # a light step: not sent
 
 
-def test_series_select_a_step_range_and_an_attempt_in_arrival_order(store: Store) -> None:  # noqa: F811
+def test_series_select_a_step_range_and_an_attempt_in_arrival_order(store: Store) -> None:
     store.upsert_run("r", SPEC, 0.0)
     _ingest(store, "first", [_record(s, 1.0) for s in range(10)])
     _ingest(store, "second", [_record(s, 2.0) for s in range(5, 8)], now=2.0)
@@ -51,6 +49,6 @@ def test_series_select_a_step_range_and_an_attempt_in_arrival_order(store: Store
     assert steps.tolist() == [5, 6, 7]
 
 
-def test_series_of_an_unknown_run_are_empty(store: Store) -> None:  # noqa: F811
+def test_series_of_an_unknown_run_are_empty(store: Store) -> None:
     steps, columns = store.read_series("nobody", ["loss", "layers.grad_norm"], start=None, end=None)
     assert steps.shape == (0,) and columns["loss"][0].shape == (0,) and columns["layers.grad_norm"][0].shape[0] == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,6 @@ from nanwatch_service.settings import Settings
 from nanwatch_service.store import Store, open_store
 from nanwatch_service.store.base import IngestWrite, RunProgress
 from nanwatch_service.store.sql import pack
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        opened = open_store(Settings(db=str(tmp_path / "store.db")))
-    else:
-        opened = open_store(Settings(database_url=request.getfixturevalue("pg_url")))
-    try:
-        yield opened
-    finally:
-        opened.close()
-
 
 SPEC = {"name": "r", "team": "t", "layers": [{"name": "d", "kind": "Dense", "activation": None, "params": 3}]}
 

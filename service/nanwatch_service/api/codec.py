@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 
 from nanwatch import protocol
+from nanwatch_service.api.errors import LimitExceeded, detail
 
 
 async def read_message(request: Request, limit: int) -> Any:
-    """Read and parse the body (msgpack or JSON by Content-Type), refusing more than ``limit`` bytes."""
+    """Read and parse the body (msgpack or JSON by Content-Type), refusing more than ``limit`` bytes (413);
+    a body that does not parse raises ProtocolError (415 for its content type, else 422)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -21,17 +23,13 @@ async def read_message(request: Request, limit: int) -> Any:
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    try:
-        content_type = protocol.content_type_of(request.headers.get("content-type"))
-        return protocol.loads(b"".join(chunks), content_type)
-    except protocol.ProtocolError as exc:
-        status = 415 if exc.field == "content-type" else 422
-        raise HTTPException(status, detail=error_detail(exc)) from None
+    content_type = protocol.content_type_of(request.headers.get("content-type"))
+    return protocol.loads(b"".join(chunks), content_type)
 
 
 def error_detail(exc: protocol.ProtocolError) -> list[dict[str, Any]]:
     """FastAPI's 422 shape, with the offending field's path spelled out."""
-    return [{"loc": ["body", exc.field], "field": exc.field, "msg": exc.message, "type": "value_error"}]
+    return detail(exc.field, exc.message)
 
 
 def respond(request: Request, payload: Any, status_code: int = 200) -> Response:
@@ -47,5 +45,6 @@ def _reply_type(request: Request) -> str:
     return protocol.JSON
 
 
-def _too_large(limit: int) -> HTTPException:
-    return HTTPException(413, detail=f"body larger than {limit} bytes; send fewer records per request")
+def _too_large(limit: int) -> LimitExceeded:
+    message = f"larger than {limit} bytes; send fewer records per request"
+    return LimitExceeded(413, "", message, "NANWATCH_MAX_BODY_BYTES", limit)

@@ -5,6 +5,7 @@ the job did not list in ``known``, or, when there are none, as soon as one exist
 operator's through any replica, an alert's), or after ``wait`` seconds with none. The job applies each
 command once (by id) and acknowledges it in its next step batch; until then the command stays pending,
 and the replies to the job's step batches carry it too, so a job whose channel is down still gets it.
+The channel takes the job's own token: a writer of the run's team.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from nanwatch_service.api.codec import respond
-from nanwatch_service.api.deps import EngineDep, RunId
+from nanwatch_service.api.deps import ERRORS, EngineDep, VisibleRunId, WriterRole
 
 router = APIRouter(prefix="/v1/runs/{run_id}/commands", tags=["commands"])
 
 
-@router.get("")
+@router.get("", dependencies=[WriterRole], responses=ERRORS)
 async def wait_for_commands(
-    run_id: RunId,
+    run_id: VisibleRunId,
     request: Request,
     engine: EngineDep,
     wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a command when none is pending")] = 25,

@@ -8,25 +8,25 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from nanwatch_service.api.codec import respond
-from nanwatch_service.api.deps import EngineDep, RunId
+from nanwatch_service.api.deps import ERRORS, EngineDep, ReaderRole, VisibleRunId
+from nanwatch_service.store.base import BIGGEST
 
 router = APIRouter(prefix="/v1/runs/{run_id}/events", tags=["events"])
 
 
-@router.get("")
+@router.get("", dependencies=[ReaderRole], responses=ERRORS)
 async def list_events(
-    run_id: RunId,
+    run_id: VisibleRunId,
     request: Request,
     engine: EngineDep,
     state: Literal["open", "closed"] | None = None,
     severity: Literal["info", "warning", "critical"] | None = None,
     detector: Annotated[str | None, Query(max_length=64)] = None,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=BIGGEST)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
     """Each event: step, detector, severity, layer, value, threshold, message, remedy, forecast
     (``steps_to_nonfinite``), and the episode's ``first_step``/``last_step``/``end_step``."""
-    await run_in_threadpool(engine.run_view, run_id)  # 404 for an unknown run
     events = await run_in_threadpool(
         engine.store.list_events,
         run_id,

@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from nanwatch_service.api.codec import respond
-from nanwatch_service.api.deps import EngineDep, RunId
+from nanwatch_service.api.deps import ERRORS, EngineDep, ReaderRole, VisibleRunId
 from nanwatch_service.detectors.history import FORECAST_FIELDS, steps_to_nonfinite
 from nanwatch_service.detectors.run_info import RunInfo
 from nanwatch_service.downsample import downsample, top_layers
@@ -27,9 +27,9 @@ FORECAST: Final = "steps_to_nonfinite"
 FIELDS: Final = (*SERIES_FIELDS, FORECAST)
 
 
-@router.get("")
+@router.get("", dependencies=[ReaderRole], responses=ERRORS)
 async def read_series(
-    run_id: RunId,
+    run_id: VisibleRunId,
     request: Request,
     engine: EngineDep,
     fields: Annotated[str, Query(description=f"comma-separated, from: {', '.join(FIELDS)}")] = "loss,grad_norm",

@@ -3,52 +3,58 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
-from nanwatch_service.api.codec import error_detail, read_message, respond
-from nanwatch_service.api.deps import EngineDep, RunId, SettingsDep, Writer
+from nanwatch_service.api.codec import read_message, respond
+from nanwatch_service.api.deps import BODY_ERRORS, ERRORS, EngineDep, ReaderRole, SettingsDep, VisibleRunId, WriterRole
 from nanwatch_service.api.schemas import BATCH_BODY, request_body
+from nanwatch_service.store.base import BIGGEST
 
 router = APIRouter(prefix="/v1/runs/{run_id}/steps", tags=["steps"])
 
-_RECORD_FIELDS = ("step", "skipped", "layers", *protocol.SCALAR_FIELDS)
+RECORD_FIELDS: Final = ("step", "skipped", "layers", *protocol.SCALAR_FIELDS)
+_FIELD = f"(?:{'|'.join(RECORD_FIELDS)})"
+FIELDS_PATTERN: Final = f"^{_FIELD}(?:,{_FIELD})*$"
 
 
-@router.post("", dependencies=[Writer], openapi_extra=request_body(BATCH_BODY))
-async def ingest_steps(run_id: RunId, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
-    """Store a batch of step records (protocol 2 columns, or protocol 1 records); the reply carries
-    ``accepted`` and the run's pending commands, and leaves once the batch is committed."""
+@router.post(
+    "", dependencies=[WriterRole], responses=BODY_ERRORS, openapi_extra=request_body(BATCH_BODY, msgpack=False)
+)
+async def ingest_steps(run_id: VisibleRunId, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+    """Store a batch of step records; the reply carries ``accepted`` and the run's pending commands, and
+    leaves once the batch is committed. JSON carries protocol 1 (records as maps); msgpack carries protocol
+    2 (packed columns, what the client sends; see ``nanwatch.protocol``) or protocol 1."""
     started = time.perf_counter()
     message = await read_message(request, settings.max_body_bytes)
-    try:
-        reply = await engine.ingest(run_id, message)
-    except protocol.ProtocolError as exc:
-        raise HTTPException(422, detail=error_detail(exc)) from None
+    if isinstance(message, dict) and message.get("protocol") == 2 and _is_json(request):
+        raise protocol.ProtocolError("protocol", "protocol 2 carries packed arrays: send it as application/msgpack")
+    reply = await engine.ingest(run_id, message)
     request.app.state.metrics.observe_ingest(time.perf_counter() - started)
     return respond(request, reply)
 
 
-@router.get("")
+@router.get("", dependencies=[ReaderRole], responses=ERRORS)
 async def read_steps(
-    run_id: RunId,
+    run_id: VisibleRunId,
     request: Request,
     engine: EngineDep,
-    start: Annotated[int | None, Query(ge=0, description="first step (inclusive)")] = None,
-    end: Annotated[int | None, Query(ge=0, description="last step (inclusive)")] = None,
-    attempt: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
-    fields: Annotated[str | None, Query(description="comma-separated record fields, e.g. loss,grad_norm")] = None,
+    start: Annotated[int | None, Query(ge=0, le=BIGGEST, description="first step (inclusive)")] = None,
+    end: Annotated[int | None, Query(ge=0, le=BIGGEST, description="last step (inclusive)")] = None,
+    attempt: Annotated[str | None, Query(pattern=f"^{protocol.ATTEMPT_PATTERN.pattern}$")] = None,
+    fields: Annotated[
+        str | None, Query(pattern=FIELDS_PATTERN, description="comma-separated record fields, e.g. loss,grad_norm")
+    ] = None,
     every: Annotated[int, Query(ge=1, le=10_000, description="downsample: keep every n-th record")] = 1,
-    after_seq: Annotated[int, Query(ge=0, description="page on from this seq")] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=BIGGEST, description="page on from this seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
     """History in arrival order. Each row has ``seq`` and ``attempt``, so a resumed job's re-sent steps
-    are told apart; ``next_after_seq`` pages on."""
-    chosen = _parse_fields(fields)
-    await run_in_threadpool(engine.run_view, run_id)  # 404 for an unknown run
+    are told apart; ``next_after_seq`` pages on. Records older than the run's newest ``NANWATCH_RETAIN_STEPS``
+    are kept one per ``NANWATCH_RETAIN_EVERY`` steps, and in full around its events."""
     rows = await run_in_threadpool(
         engine.store.read_steps,
         run_id,
@@ -57,22 +63,15 @@ async def read_steps(
         attempt=attempt,
         after_seq=after_seq,
         limit=limit * every,
-        fields=chosen,
+        fields=None if fields is None else tuple(fields.split(",")),
     )
     next_after = rows[-1]["seq"] if len(rows) == limit * every else None
     steps = [_project(row) for row in rows[::every]]
     return respond(request, {"run_id": run_id, "steps": steps, "next_after_seq": next_after})
 
 
-def _parse_fields(fields: str | None) -> tuple[str, ...] | None:
-    if fields is None:
-        return None
-    chosen = tuple(f.strip() for f in fields.split(",") if f.strip())
-    unknown = [f for f in chosen if f not in _RECORD_FIELDS]
-    if unknown:
-        detail = f"unknown field(s) {', '.join(unknown)}; choose from {', '.join(_RECORD_FIELDS)}"
-        raise HTTPException(422, detail=[{"loc": ["query", "fields"], "field": "fields", "msg": detail}])
-    return chosen
+def _is_json(request: Request) -> bool:
+    return protocol.content_type_of(request.headers.get("content-type")) == protocol.JSON
 
 
 def _project(row: dict[str, Any]) -> dict[str, Any]:

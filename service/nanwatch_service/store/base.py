@@ -22,6 +22,7 @@ import numpy.typing as npt
 from nanwatch.columns import SCALAR_COLUMNS, StepColumns
 from nanwatch.fields import LAYER_FIELDS
 from nanwatch_service.store.chunks import StoredChunk
+from nanwatch_service.store.retention import Retention
 
 RUN_STATUSES = ("running", "halted", "finished", "stale")
 HEALTHS = ("ok", "warning", "critical")
@@ -114,6 +115,16 @@ class Store(Protocol):
     ) -> list[dict[str, Any]]:
         """Runs, newest first; ``stale_before`` is the last_seen cut-off that makes a running run stale."""
 
+    def count_runs(self, team: str | None) -> int:
+        """How many runs ``team`` holds (None: the runs registered without a team)."""
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete the run with its history, events and commands, in one transaction; False when there was
+        no such run."""
+
+    def runs_seen_before(self, cutoff: float, limit: int) -> list[str]:
+        """Up to ``limit`` run ids last seen before ``cutoff``, the oldest first (what retention deletes)."""
+
     # ingest
     def write_ingest(self, writes: Sequence[IngestWrite]) -> None:
         """Persist ``writes`` in order, inside the caller's transaction: one chunk per write with records,
@@ -137,6 +148,13 @@ class Store(Protocol):
 
     def recent_chunks(self, run_id: str, n: int) -> list[StoredChunk]:
         """The chunks that hold the run's last ``n`` records, oldest first."""
+
+    def runs_to_compact(self, threshold: int) -> list[str]:
+        """The runs holding more than ``threshold`` records in chunks not compacted yet."""
+
+    def compact_history(self, run_id: str, rules: Retention) -> int:
+        """Rewrite the run's chunks older than its newest ``rules.keep_steps`` records as ``rules`` says
+        (see ``store.retention``), a group at a time; return how many chunk rows the run holds fewer."""
 
     def read_series(
         self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS step_chunks (
     run_id TEXT NOT NULL, id BIGINT GENERATED ALWAYS AS IDENTITY, attempt TEXT NOT NULL,
     min_step BIGINT NOT NULL, max_step BIGINT NOT NULL, n INTEGER NOT NULL,
     received_at DOUBLE PRECISION NOT NULL, head BYTEA NOT NULL, layers BYTEA NOT NULL,
-    PRIMARY KEY (run_id, id)
+    compacted SMALLINT NOT NULL DEFAULT 0, PRIMARY KEY (run_id, id)
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL, id BIGINT GENERATED ALWAYS AS IDENTITY, detector TEXT NOT NULL,
@@ -35,8 +35,12 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS commands (
     run_id TEXT NOT NULL, id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
     source TEXT NOT NULL, step BIGINT, at_step BIGINT, created_at DOUBLE PRECISION NOT NULL,
-    delivered_at DOUBLE PRECISION, acked_at DOUBLE PRECISION, acked_step BIGINT, PRIMARY KEY (run_id, id)
+    delivered_at DOUBLE PRECISION, acked_at DOUBLE PRECISION, acked_step BIGINT, sent_by TEXT,
+    PRIMARY KEY (run_id, id)
 );
+ALTER TABLE step_chunks ADD COLUMN IF NOT EXISTS compacted SMALLINT NOT NULL DEFAULT 0;
+ALTER TABLE commands ADD COLUMN IF NOT EXISTS sent_by TEXT;
+CREATE INDEX IF NOT EXISTS step_chunks_fresh ON step_chunks (run_id) WHERE compacted = 0;
 """
 
 

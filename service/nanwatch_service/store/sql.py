@@ -52,6 +52,7 @@ _COMMAND_COLUMNS = (
     "delivered_at",
     "acked_at",
     "acked_step",
+    "sent_by",
 )
 _PROGRESS = (
     "UPDATE runs SET last_seen = ?, last_step = COALESCE(?, last_step), health = ?, steps_to_nonfinite = ?,"
@@ -201,6 +202,24 @@ class SqlStore(StepHistory):
                     (run_id, pack(spec), spec.get("team"), now, now, now, float("inf")),
                 )
             return not exists
+
+    def count_runs(self, team: str | None) -> int:
+        """How many runs ``team`` holds (None: the runs without a team)."""
+        where = "team IS NULL" if team is None else "team = ?"
+        rows = self._query(f"SELECT COUNT(*) FROM runs WHERE {where}", () if team is None else (team,), ("n",))
+        return int(rows[0]["n"])
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete the run, its history, events and commands; False when there was no such run."""
+        with self.transaction():
+            for table in ("step_chunks", "events", "commands"):
+                self._execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            return bool(self._execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount)
+
+    def runs_seen_before(self, cutoff: float, limit: int) -> list[str]:
+        """Up to ``limit`` runs last seen before ``cutoff``, the oldest first."""
+        sql = "SELECT run_id FROM runs WHERE last_seen < ? ORDER BY last_seen LIMIT ?"
+        return [row["run_id"] for row in self._query(sql, (cutoff, limit), ("run_id",))]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run row with ``spec`` and ``halt`` decoded, or None."""

@@ -24,7 +24,7 @@ CREATE INDEX IF NOT EXISTS runs_last_seen ON runs (last_seen);
 CREATE TABLE IF NOT EXISTS step_chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, attempt TEXT NOT NULL,
     min_step INTEGER NOT NULL, max_step INTEGER NOT NULL, n INTEGER NOT NULL, received_at REAL NOT NULL,
-    head BLOB NOT NULL, layers BLOB NOT NULL
+    head BLOB NOT NULL, layers BLOB NOT NULL, compacted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS step_chunks_run_id ON step_chunks (run_id, id);
 CREATE TABLE IF NOT EXISTS events (
@@ -36,9 +36,12 @@ CREATE INDEX IF NOT EXISTS events_run_id ON events (run_id, id);
 CREATE TABLE IF NOT EXISTS commands (
     run_id TEXT NOT NULL, id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
     source TEXT NOT NULL, step INTEGER, at_step INTEGER, created_at REAL NOT NULL,
-    delivered_at REAL, acked_at REAL, acked_step INTEGER, PRIMARY KEY (run_id, id)
+    delivered_at REAL, acked_at REAL, acked_step INTEGER, sent_by TEXT, PRIMARY KEY (run_id, id)
 );
 """
+ADDED_COLUMNS = (("step_chunks", "compacted INTEGER NOT NULL DEFAULT 0"), ("commands", "sent_by TEXT"))
+"""Columns added since the first schema, for the stores created before them."""
+INDEXES = "CREATE INDEX IF NOT EXISTS step_chunks_fresh ON step_chunks (run_id) WHERE compacted = 0;"
 
 
 class SqliteStore(SqlStore):
@@ -47,6 +50,8 @@ class SqliteStore(SqlStore):
     def __init__(self, path: str | Path) -> None:
         writer = _connect(path)
         writer.executescript(SCHEMA)
+        _add_columns(writer)
+        writer.executescript(INDEXES)
         reader = None if str(path) == ":memory:" else _connect(path)
         super().__init__(writer, (sqlite3.Error,), reader)
         legacy = writer.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'steps'").fetchone()
@@ -58,6 +63,13 @@ class SqliteStore(SqlStore):
     def _commit(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("COMMIT")
+
+
+def _add_columns(connection: sqlite3.Connection) -> None:
+    for table, column in ADDED_COLUMNS:
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if column.split()[0] not in present:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _connect(path: str | Path) -> sqlite3.Connection:

@@ -37,11 +37,16 @@ async def runs_page() -> HTMLResponse:
 
 
 @router.get("/runs/{run_id:path}", response_class=HTMLResponse)
-async def run_page(run_id: str, engine: EngineDep) -> HTMLResponse:
-    """One run: plots over steps, findings with their fix, the halt and a Halt button."""
+async def run_page(run_id: str, request: Request, engine: EngineDep) -> HTMLResponse:
+    """One run: plots over steps, findings with their fix, the halt and a Halt button.
+
+    With tokens configured, a page load carries none (a browser's navigation sends no bearer token), so
+    the page is the same shell for every well-formed run id and its API calls, which carry the token,
+    tell the caller whether the run exists for them: the page says nothing about other teams' runs."""
     if not RUN_ID_PATTERN.fullmatch(run_id):
         return not_found(f"“{run_id}” is not a run id: run ids are 1 to 128 letters, digits, '.', '_' or '-'.")
-    if await run_in_threadpool(engine.store.get_run, run_id) is None:
+    open_to_all = not request.app.state.tokens.required
+    if open_to_all and await run_in_threadpool(engine.store.get_run, run_id) is None:
         return not_found(f"No run named “{run_id}” is registered here.")
     return _page("run.html", title=run_id, run_id=run_id)
 
