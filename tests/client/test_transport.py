@@ -149,15 +149,9 @@ def test_a_halt_queued_while_the_job_waits_comes_over_the_channel_before_any_bat
 ) -> None:
     monitor = Monitor(fake_service.url, run_id="chan", flush_interval=60.0, logger=logs.logger)
     wait_until(lambda: "chan" in fake_service.runs, what="the registration")
-    fake_service.queue_command("chan", reason="now", at_step=None)
-    halt = None
-    for step in range(3000):
-        halt = monitor.log_step(step, loss=1.0)
-        if halt:
-            break
-        time.sleep(0.01)
-    replies_before_the_halt = [r.commands for r in fake_service.seen("POST", "chan")]
+    command_id = fake_service.queue_command("chan", reason="now", at_step=None)
+    wait_until(lambda: any(c for run, c in fake_service.polls if run == "chan"), what="the channel to answer")
+    assert fake_service.seen("POST", "chan") == []  # nothing logged yet: no batch could have carried it
+    halt = monitor.log_step(0, loss=1.0)
     monitor.close()
-    assert halt is not None and halt.reason == "now"
-    assert not any(replies_before_the_halt)  # no ingest reply carried it (the next batch is at close)
-    assert any(commands for _, commands in fake_service.polls)
+    assert halt is not None and (halt.command_id, halt.reason) == (command_id, "now")
