@@ -88,6 +88,7 @@ class _Batch:
     records: list[dict[str, Any]]  # made from _Later entries by _send_batch
     acks: list[dict[str, Any]]
     final: bool
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,17 @@ class Monitor:
             self._halt(halt)
         return halt
 
+    def report_event(self, step: int, kind: str, message: str, **details: float | int | str) -> None:
+        """Queue an event the job itself reports (``kind="recovery"``: what it rolled back to) for the next
+        batch. The service keeps it with the run's events (detector ``kind``, severity ``info``) and counts
+        it in ``nanwatch_events_total``. Raises :class:`~nanwatch.ProtocolError` for a value the protocol
+        does not take (``kind`` is lower-case ``[a-z0-9_]``, details are numbers or strings)."""
+        event = {"step": int(step), "kind": kind, "message": message, "details": details}
+        [decoded] = protocol.decode_batch({"events": [event]})["events"]
+        with self._cond:
+            if not self._closing:
+                self._events.append(decoded)
+
     def sync(self, step: int, timeout: float = 1.0) -> Halt | None:
         """Wait until the service has answered for every record up to ``step``; return a halt due then.
 
@@ -328,6 +340,7 @@ class Monitor:
         self._cond = threading.Condition()
         self._buffer: deque[dict[str, Any] | _Later] = deque()
         self._acks: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []  # report_event's, for the next batch
         self._dropped: int = 0
         self._in_flight: int = 0
         self._pending: dict[str, dict[str, Any]] = {}
@@ -468,13 +481,14 @@ class Monitor:
         with self._cond:
             taken = [self._buffer.popleft() for _ in range(min(self.max_batch, len(self._buffer)))]
             acks, self._acks = self._acks[:_MAX_ACKS], self._acks[_MAX_ACKS:]
+            events, self._events = self._events[:_MAX_ACKS], self._events[_MAX_ACKS:]
             final = closing and not self._buffer
             self._urgent = False
-            if not (taken or acks or final):
+            if not (taken or acks or events or final):
                 return None
             self._in_flight = len(taken)
         records = [self._made(r) if isinstance(r, _Later) else r for r in taken]
-        return _Batch([r for r in records if r is not None], acks, final)
+        return _Batch([r for r in records if r is not None], acks, final, events)
 
     def _made(self, later: _Later) -> dict[str, Any] | None:
         """The record of a ``log_step_later`` entry; None (dropped, counted, logged once) if it cannot be made."""
@@ -498,6 +512,8 @@ class Monitor:
             "dropped": self._dropped,
             "final": batch.final,
         }
+        if batch.events:  # only when there are some: a service older than events refuses the key
+            body["events"] = batch.events
         try:
             data = protocol.dumps(body, self.content_type)
         except (ValueError, TypeError, OverflowError) as exc:
@@ -532,6 +548,7 @@ class Monitor:
             self._in_flight = 0
             self._buffer.extendleft(reversed(batch.records))
             self._acks[:0] = batch.acks
+            self._events[:0] = batch.events
             while len(self._buffer) > self.buffer_size:
                 self._buffer.popleft()
                 self._dropped += 1

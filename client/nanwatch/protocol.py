@@ -7,7 +7,8 @@ Three messages travel between a training job and the service:
   a probability of exactly 0 or 1 into a non-finite value: Keras' built-in cross-entropies, which clip
   probabilities before the log or take logits);
 - a **step batch** (``POST /v1/runs/{run_id}/steps``): step records, acknowledgements of commands, the
-  client's drop counter and a ``final`` flag when the job ends;
+  client's drop counter, a ``final`` flag when the job ends and, optionally, ``events`` the job itself
+  reports (``{"step", "kind", "message", "details"}``, e.g. a recovery: what it rolled back to);
 - the **ingest reply**: ``{"accepted": n, "commands": [...]}``, which is how halts reach the job.
 
 A step record holds scalars (``step``, ``wall_time``, ``loss``, ``lr``, ``grad_norm``, ``loss_scale``,
@@ -225,9 +226,11 @@ _RUN_KEYS: Final = frozenset(
     {"protocol", "name", "team", "framework", "dtype_policy", "layers", "halt_on", "stable_loss", "meta"}
 )
 _LAYER_KEYS: Final = frozenset({"name", "kind", "activation", "params", "dtype"})
-_BATCH_KEYS: Final = frozenset({"protocol", "attempt", "records", "acks", "dropped", "final"})
+_BATCH_KEYS: Final = frozenset({"protocol", "attempt", "records", "acks", "dropped", "final", "events"})
 _RECORD_KEYS: Final = frozenset({"step", "skipped", "layers", *SCALAR_FIELDS})
 _ACK_KEYS: Final = frozenset({"id", "step"})
+_EVENT_KEYS: Final = frozenset({"step", "kind", "message", "details"})
+EVENT_KIND_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_LAYERS: Final = 4096
 MAX_RECORDS: Final = 10_000
 
@@ -281,6 +284,7 @@ def decode_batch(obj: Any, n_layers: int | None = None) -> dict[str, Any]:
     _check_protocol(obj)
     records = _list(obj.get("records", []), "records", MAX_RECORDS)
     acks = _list(obj.get("acks", []), "acks", 1000)
+    events = _list(obj.get("events", []), "events", 1000)
     return {
         "protocol": PROTOCOL_VERSION,
         "attempt": _str(obj.get("attempt", "0"), "attempt", 64, ATTEMPT_PATTERN),
@@ -288,7 +292,32 @@ def decode_batch(obj: Any, n_layers: int | None = None) -> dict[str, Any]:
         "acks": [_decode_ack(a, f"acks[{i}]") for i, a in enumerate(acks)],
         "dropped": _int(obj.get("dropped", 0), "dropped", minimum=0),
         "final": _bool(obj.get("final", False), "final"),
+        "events": [_decode_client_event(e, f"events[{i}]") for i, e in enumerate(events)],
     }
+
+
+def _decode_client_event(obj: Any, field: str) -> dict[str, Any]:
+    """An event the job reports: ``step``, ``kind`` (``recovery``), ``message`` and flat ``details``
+    (numbers or strings)."""
+    obj = _mapping(obj, field)
+    _no_unknown(obj, field, _EVENT_KEYS)
+    details = _mapping(obj.get("details", {}), f"{field}.details")
+    if len(details) > 64:
+        raise ProtocolError(f"{field}.details", "more than 64 entries")
+    return {
+        "step": _int(obj.get("step"), f"{field}.step", minimum=0),
+        "kind": _str(obj.get("kind"), f"{field}.kind", 64, EVENT_KIND_PATTERN),
+        "message": _str(obj.get("message", ""), f"{field}.message", 4096),
+        "details": {_str(k, f"{field}.details", 64): _detail(v, f"{field}.details.{k}") for k, v in details.items()},
+    }
+
+
+def _detail(value: Any, field: str) -> float | int | str:
+    if isinstance(value, str):
+        return _str(value, field, 1024)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(value, field)
+    return _float(value, field)
 
 
 def decode_record(obj: Any, field: str = "record", n_layers: int | None = None) -> dict[str, Any]:

@@ -110,6 +110,7 @@ class Engine:
                 self._acknowledge(state, ack["id"], ack["step"], now)
             self._record_episodes(state, changes, findings)
             self._apply_policy(state, findings, records, now)
+            self._record_client_events(state, batch.get("events", []))
             state.remember(records)
             state.last_seen = now
             if batch["final"] and state.status == "running":
@@ -163,6 +164,25 @@ class Engine:
         )
         self.store.insert_command(state.run_id, command)
         self.on_halt("detector")
+
+    def _record_client_events(self, state: RunState, events: list[dict[str, Any]]) -> None:
+        """Store the events the job reported itself (a recovery) as closed ``info`` events of detector
+        ``kind``, and count them. A recovery that answered a halt (``details.command_id``, acknowledged in
+        this batch or an earlier one, never a later one) leaves the run running: the job carried on, so the
+        halt is no longer in force and the next critical finding can halt it again."""
+        for event in events:
+            doc = {
+                "detector": event["kind"], "severity": "info", "layer": None, "state": "closed",
+                "step": event["step"], "first_step": event["step"], "last_step": event["step"],
+                "end_step": event["step"], "message": event["message"], "details": event["details"],
+            }  # fmt: skip
+            self.store.insert_event(state.run_id, doc)
+            state.events_total[(event["kind"], "info")] += 1
+            answered = event["details"].get("command_id")
+            halt = self.store.active_halt(state.run_id)
+            if answered and halt is not None and halt["id"] == answered and state.status == "halted":
+                state.status = "running"
+                self.store.update_run(state.run_id, status="running", halt=None)
 
     def _acknowledge(self, state: RunState, command_id: str, step: int, now: float) -> None:
         command = self.store.ack_command(state.run_id, command_id, step, now)

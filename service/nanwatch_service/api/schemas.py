@@ -77,6 +77,20 @@ BATCH_BODY: dict[str, Any] = {
         },
         "dropped": {"type": "integer", "minimum": 0, "description": "records the client dropped so far"},
         "final": {"type": "boolean", "description": "the job ended; the run reads as finished"},
+        "events": {
+            "type": "array",
+            "description": "events the job reports itself (a recovery), stored with the run's events",
+            "items": {
+                "type": "object",
+                "required": ["step", "kind"],
+                "properties": {
+                    "step": {"type": "integer", "minimum": 0},
+                    "kind": {"type": "string", "pattern": protocol.EVENT_KIND_PATTERN.pattern},
+                    "message": {"type": "string"},
+                    "details": {"type": "object", "additionalProperties": {"type": ["number", "string"]}},
+                },
+            },
+        },
     },
 }
 
