@@ -67,6 +67,13 @@ def test_gradual_divergence_is_stopped_while_every_weight_is_finite(watched: Wat
     assert outcome.stopped_at < first_nonfinite and outcome.weights_finite_at_stop, _describe(outcome)
 
 
+@pytest.mark.parametrize("name", [name for name, scenario in SCENARIOS.items() if scenario.diverges])
+def test_every_diverging_run_is_halted_with_every_weight_finite(watched: Watch, name: str) -> None:
+    """Sudden blow-ups too (S3 is NaN at its first step): the guard keeps the non-finite update out."""
+    outcome = watched(name)
+    assert outcome.stopped_at is not None and outcome.weights_finite_at_stop, _describe(outcome)
+
+
 def test_division_by_zero_variance_is_critical_at_step_zero_naming_the_custom_layer(watched: Watch) -> None:
     outcome = watched("S3")
     assert outcome.first_critical == 0 and outcome.stopped_at == 0, _describe(outcome)

@@ -2,8 +2,8 @@
 
 The overhead bound (``bench/step_overhead.py``) rests on what a light step leaves in the graph: one
 ``l2_loss`` per gradient, one ``sum`` per watched layer output, one ``tf.cond`` (the guard's, around the
-optimizer's update) and a bounded number of small ops that make the step vector. A change that adds per-step work shows here
-before it shows in a benchmark on a noisy machine.
+optimizer's update) and a bounded number of small ops that make the step vector. A change that adds
+per-step work shows here before it shows in a benchmark on a noisy machine.
 """
 
 from __future__ import annotations

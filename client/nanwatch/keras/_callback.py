@@ -11,6 +11,7 @@ import keras
 from keras import tree
 
 from nanwatch import protocol
+from nanwatch.keras import _recovery
 from nanwatch.keras._instrument import Instrumentation
 from nanwatch.keras._recovery import Recovery
 from nanwatch.monitor import Halt, Monitor
@@ -132,6 +133,8 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         **monitor_kwargs: Any,
     ) -> None:
         super().__init__()
+        if recover:
+            _recovery.check(snapshot_every, lr_factor, max_recoveries)
         self.activation_stats = bool(activation_stats)
         self.activation_stride = _stride_of(activation_stride)
         self.save_on_halt = save_on_halt

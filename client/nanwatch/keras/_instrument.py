@@ -279,7 +279,8 @@ class Instrumentation:
         trace.old = None if trace.detail is False else self._read_old(variables, trace.detail)
         trace.weight_slots = slots
         trace.lr = tf.cast(self.optimizer.learning_rate, tf.float32)
-        self._build_optimizer(variables)  # not inside the guard's tf.cond: variables are made here
+        # the loss scale this step uses is read before the update, and the guard's tf.cond must not make variables
+        _train_function.build_optimizer(self.optimizer, variables)
         if self.lso:
             trace.scale = tf.convert_to_tensor(self.optimizer.dynamic_scale)
         elif getattr(self.optimizer, "loss_scale_factor", None) is not None:
@@ -307,14 +308,6 @@ class Instrumentation:
         if self.guard and not self.lso and not _guard.available():
             self.warn_once("guard", "nanwatch: %s cannot update under a tf.cond; the guard is off and a "
                            "non-finite update reaches the weights", tf.distribute.get_strategy())  # fmt: skip
-
-    def _build_optimizer(self, variables: list[Any]) -> None:
-        """Build the optimizer as its ``apply`` would (Keras builds it on the first trace): the loss scale
-        this step uses is read before the update, and the guard's ``tf.cond`` must not make variables."""
-        if not self.optimizer.built:
-            with keras.name_scope(self.optimizer.name, caller=self.optimizer):
-                self.optimizer.build(variables)
-            self.optimizer.built = True
 
     def _wrap_function(self, original: Callable[..., Any], detailed: Callable[..., Any] | None) -> Callable[..., Any]:
         """Keras' train function(s): ``detailed``, when given, runs instead of ``original`` on the steps

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nanwatch.keras import _train_function
+
 
 class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
     """A learning-rate schedule (or a zero-argument callable) whose output is multiplied by a variable,
@@ -38,6 +40,15 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):  # type: 
 
     def get_config(self) -> dict[str, Any]:
         return {"factor": float(self.factor.numpy())}
+
+
+def check(every: int, factor: float, max_recoveries: int) -> None:
+    """Raise ValueError, saying what they take, for knobs out of range."""
+    if not (every >= 1 and 0.0 < factor <= 1.0 and max_recoveries >= 0):
+        raise ValueError(
+            "nanwatch: recovery needs snapshot_every >= 1, 0 < lr_factor <= 1 and max_recoveries >= 0, got "
+            f"snapshot_every={every}, lr_factor={factor}, max_recoveries={max_recoveries}"
+        )
 
 
 class Recovery:
@@ -65,11 +76,7 @@ class Recovery:
     """
 
     def __init__(self, model: keras.Model, *, every: int = 100, factor: float = 0.5, max_recoveries: int = 3) -> None:
-        if not (every >= 1 and 0.0 < factor <= 1.0 and max_recoveries >= 0):
-            raise ValueError(
-                "nanwatch: recovery needs every >= 1, 0 < factor <= 1 and max_recoveries >= 0, got "
-                f"every={every}, factor={factor}, max_recoveries={max_recoveries}"
-            )
+        check(every, factor, max_recoveries)
         self.model, self.optimizer = model, model.optimizer
         self.every, self.factor, self.max_recoveries = int(every), float(factor), int(max_recoveries)
         self.recoveries = 0
@@ -103,6 +110,7 @@ class Recovery:
 
     def snapshot(self, before_step: int) -> None:
         """Copy the state as it is before step ``before_step`` (one array at a time: one copy held)."""
+        _train_function.build_optimizer(self.optimizer, list(self.model.trainable_variables))  # its slots count
         variables = self._variables()
         if len(self._copy) != len(variables):
             self._copy = [np.empty(0)] * len(variables)

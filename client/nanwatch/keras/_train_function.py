@@ -42,3 +42,11 @@ def rebuild(model: keras.Model) -> Callable[[Any], Any]:
 def install(model: keras.Model, function: Callable[[Any], Any]) -> None:
     """Make ``fit`` call ``function`` for each step (until the next :func:`rebuild`)."""
     model.train_function = function
+
+
+def build_optimizer(optimizer: keras.optimizers.Optimizer, variables: list[Any]) -> None:
+    """Build ``optimizer`` for ``variables`` as its ``apply`` would on the first step (public API)."""
+    if not optimizer.built:
+        with keras.name_scope(optimizer.name, caller=optimizer):
+            optimizer.build(variables)
+        optimizer.built = True
