@@ -34,5 +34,6 @@ callback reads once per step.
 
 from nanwatch.keras._callback import NanWatchCallback
 from nanwatch.keras._custom import capture_activations, layer_table, step_statistics
+from nanwatch.keras._recovery import Recovery
 
-__all__ = ["NanWatchCallback", "capture_activations", "layer_table", "step_statistics"]
+__all__ = ["NanWatchCallback", "Recovery", "capture_activations", "layer_table", "step_statistics"]

@@ -69,6 +69,7 @@ class Instrumentation:
         self.optimizer = model.optimizer
         self.activation_stats = activation_stats
         self.guard = guard
+        self._serial = _guard.Serial()
         self.schedule = _stride.Schedule(activation_stride)
         self.stride = self.schedule.stride  # the in-graph counter's (chunks), fixed when traced
         self._log = logger
@@ -107,6 +108,8 @@ class Instrumentation:
                 self._patch(layer, "call", self._wrap_passing(layer.call))
         self._patch(self.model, "compute_loss", self._wrap_loss(self.model.compute_loss))
         self._patch(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
+        if self.guard and not self.lso:
+            self._patch(self.optimizer, "update_step", self._serial.wrap(self.optimizer.update_step))
         step = self.model.train_step
         if self.details is Details.NONE:  # Keras' own train function around each variant of the wrapped step
             light = _train_function.build(self.model, self._wrap_step(step, Details.NONE))
@@ -249,9 +252,11 @@ class Instrumentation:
                                "(without variables, or inside a tf.cond); gradients are not reported",
                                type(self.optimizer).__name__)  # fmt: skip
                 return original(grads, trainable_variables)
-            grads = self._before_apply(trace, list(grads), variables)
-            if trace.grads is not None and self.guard and not self.lso and _guard.available():
+            guarded = self.guard and not self.lso and _guard.available()
+            grads = self._before_apply(trace, list(grads), variables, ordered=not guarded)
+            if trace.grads is not None and guarded:
                 trace.updated = _guard.finite_update(trace.grads.squares, trace.lr)
+                self._serial.start()
                 _guard.apply_if(trace.updated, lambda: original(grads, trainable_variables))
                 result = None  # Keras' apply returns nothing
             else:
@@ -263,12 +268,15 @@ class Instrumentation:
 
         return apply
 
-    def _before_apply(self, trace: _trace.StepTrace, grads: list[Any], variables: list[Any]) -> list[Any]:
+    def _before_apply(
+        self, trace: _trace.StepTrace, grads: list[Any], variables: list[Any], *, ordered: bool
+    ) -> list[Any]:
         """Measure the gradients and read the weights before the update; return the gradients to apply.
 
-        Each gradient reaches the optimizer only after its own reduction, and nothing else of ours reads
-        it (no scale-safe ``tf.cond``, see ``_reductions.gradient_stats``): then the optimizer's element-
-        wise ops reuse the gradient's buffer in place as they do without nanwatch. On CPU a fresh buffer
+        ``ordered``: each gradient reaches the optimizer only after its own reduction (under the guard it
+        waits for all of them anyway), and nothing else of ours reads it (no scale-safe ``tf.cond``, see
+        ``_reductions.gradient_stats``): then the optimizer's element-wise ops reuse the gradient's buffer
+        in place as they do without nanwatch. On CPU a fresh buffer
         per op (an mmap and its page faults above 128 KiB) costs far more than the reduction; measured on
         the benchmark MLP, either a shared reference or a barrier before all updates doubled the overhead.
         """
@@ -288,6 +296,8 @@ class Instrumentation:
         if not present:
             return grads
         trace.grads = _reductions.gradient_stats(present, trace.detail, safe=False)
+        if not ordered:
+            return grads
         squares = iter(trace.grads.squares)
         return [_after(g, next(squares)) if g is not None else g for g in grads]
 
