@@ -8,15 +8,12 @@ data (S3's division by a zero variance) comes back whatever the learning rate, a
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from nanwatch_service.settings import Settings
-from tests.conftest import ServiceThread
+from tests.e2e.conftest import expected_halts
 from tests.scenarios import SCENARIOS, fit_steps
 from tests.scenarios.monitored import Outcome, run_with_nanwatch
 
@@ -27,18 +24,8 @@ DETAILS = {"command_id", "recovery", "rolled_back_to", "batches_skipped", "lr", 
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    db: Path = tmp_path_factory.mktemp("recovery") / "nanwatch.db"
-    with ServiceThread(Settings(db=str(db))) as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
 def recovered(url: str) -> Iterator[Recover]:
     """Run a scenario for all its epochs with recovery, once per module."""
-    logger = logging.getLogger("nanwatch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the halt and recovery lines are expected here
     outcomes: dict[str, Outcome] = {}
 
     def recover(name: str) -> Outcome:
@@ -46,8 +33,8 @@ def recovered(url: str) -> Iterator[Recover]:
             outcomes[name] = run_with_nanwatch(name, url, every_epoch=True, recover=True)
         return outcomes[name]
 
-    yield recover
-    logger.setLevel(level)
+    with expected_halts():
+        yield recover
 
 
 def _describe(outcome: Outcome) -> str:
@@ -81,13 +68,8 @@ def test_each_recovery_is_an_event_with_what_it_did(recovered: Recover, name: st
 
 
 def test_a_nan_from_the_code_comes_back_and_is_halted_after_max_recoveries(url: str) -> None:
-    logger = logging.getLogger("nanwatch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    with expected_halts():
         outcome = run_with_nanwatch("S3", url, recover=True, max_recoveries=2)
-    finally:
-        logger.setLevel(level)
     assert [e["details"]["recovery"] for e in outcome.recoveries] == [1, 2], _describe(outcome)
     assert outcome.stopped_at is not None and outcome.weights_finite_at_stop, _describe(outcome)
     assert outcome.status == "halted"

@@ -187,11 +187,7 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             step, halt, finite = self._log_step(inst)
         recovery = self._recovery
         snapshot = recovery is not None and finite and recovery.due(step)
-        if halt is None and (self.lockstep or (recovery is not None and (snapshot or not finite))):
-            halt = self.monitor.sync(step, timeout=self.lockstep_timeout)  # a snapshot only of a verdict's state
-        if halt is None and not finite and recovery is not None and self.monitor.halt_on != "never":
-            halt = Halt(f"non-finite loss or gradient norm at step {step}, and no halt from the service to "
-                        "answer with a recovery", step, "client")  # fmt: skip
+        halt = halt or self._verdict(step, finite, snapshot)
         if halt is not None:
             self._answer(halt, step)
         elif snapshot and recovery is not None:
@@ -258,6 +254,19 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             self.monitor.register(
                 layers=inst.table(), dtype_policy=_dtype_policy(self.model), stable_loss=_stable_loss(self.model)
             )
+
+    def _verdict(self, step: int, finite: bool, snapshot: bool) -> Halt | None:
+        """The service's halt for ``step`` where the callback waits for it (``lockstep_timeout`` at most):
+        in lockstep, and under recovery before a snapshot (a copy only of a state the service passed) and
+        after a non-finite step, which halts here when the service has no halt for recovery to answer."""
+        recovering = self._recovery is not None
+        if not (self.lockstep or (recovering and (snapshot or not finite))):
+            return None
+        halt = self.monitor.sync(step, timeout=self.lockstep_timeout)
+        if halt is None and recovering and not finite and self.monitor.halt_on != "never":
+            reason = f"non-finite loss or gradient norm at step {step}, and no halt from the service to recover from"
+            return Halt(reason, step, "client")
+        return halt
 
     def _answer(self, halt: Halt, step: int) -> None:
         """Recover from a detector's halt while recoveries are left; otherwise stop."""
