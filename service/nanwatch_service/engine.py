@@ -109,8 +109,8 @@ class Engine:
             for ack in batch["acks"]:
                 self._acknowledge(state, ack["id"], ack["step"], now)
             self._record_episodes(state, changes, findings)
-            self._apply_policy(state, findings, records, now)
-            self._record_client_events(state, batch.get("events", []))
+            recovered = self._record_client_events(state, batch.get("events", []))
+            self._apply_policy(state, [f for f in findings if f.step > recovered], records, now)
             state.remember(records)
             state.last_seen = now
             if batch["final"] and state.status == "running":
@@ -165,11 +165,16 @@ class Engine:
         self.store.insert_command(state.run_id, command)
         self.on_halt("detector")
 
-    def _record_client_events(self, state: RunState, events: list[dict[str, Any]]) -> None:
+    def _record_client_events(self, state: RunState, events: list[dict[str, Any]]) -> int:
         """Store the events the job reported itself (a recovery) as closed ``info`` events of detector
-        ``kind``, and count them. A recovery that answered a halt (``details.command_id``, acknowledged in
-        this batch or an earlier one, never a later one) leaves the run running: the job carried on, so the
-        halt is no longer in force and the next critical finding can halt it again."""
+        ``kind``, and count them; return the last step a recovery answered a halt at (-1: none).
+
+        A recovery that answered a halt (``details.command_id``, acknowledged in this batch or an earlier
+        one, never a later one) leaves the run running: the job carried on, so the halt is no longer in
+        force and the next critical finding can halt it again. Findings at or before that step are on
+        records the recovery undid (they come in this batch or earlier ones): they halt nothing.
+        """
+        recovered = -1
         for event in events:
             doc = {
                 "detector": event["kind"], "severity": "info", "layer": None, "state": "closed",
@@ -180,9 +185,12 @@ class Engine:
             state.events_total[(event["kind"], "info")] += 1
             answered = event["details"].get("command_id")
             halt = self.store.active_halt(state.run_id)
+            if answered:
+                recovered = max(recovered, event["step"])
             if answered and halt is not None and halt["id"] == answered and state.status == "halted":
                 state.status = "running"
                 self.store.update_run(state.run_id, status="running", halt=None)
+        return recovered
 
     def _acknowledge(self, state: RunState, command_id: str, step: int, now: float) -> None:
         command = self.store.ack_command(state.run_id, command_id, step, now)

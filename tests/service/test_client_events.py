@@ -54,6 +54,27 @@ def test_a_recovery_that_answers_a_halt_leaves_the_run_running_and_haltable_agai
     assert service.client.get("/v1/runs/back").json()["status"] == "halted"
 
 
+def test_findings_on_records_a_recovery_undid_halt_nothing_and_later_ones_do(service: Service) -> None:
+    register(service.client, "undo")
+    [command] = reply(post_steps(service.client, "undo", [record(0, loss=math.nan)]))["commands"]
+    # a job a few steps behind: step 1 (before its recovery) was non-finite too
+    batch = {"acks": [{"id": command["id"], "step": 1}], "events": [_recovery(1, command["id"])]}
+    assert reply(post_steps(service.client, "undo", [record(1, loss=math.nan)], **batch))["commands"] == []
+    [fresh] = reply(post_steps(service.client, "undo", [record(2, loss=math.nan)]))["commands"]
+    assert fresh["id"] != command["id"] and service.client.get("/v1/runs/undo").json()["status"] == "running"
+
+
+def test_a_recovery_reported_after_its_ack_still_lets_the_next_finding_halt(service: Service) -> None:
+    """The ack and the event may travel in two batches (the sender took one between them)."""
+    register(service.client, "split")
+    [command] = reply(post_steps(service.client, "split", [record(0, loss=math.nan)]))["commands"]
+    reply(post_steps(service.client, "split", [], acks=[{"id": command["id"], "step": 0}]))
+    assert service.client.get("/v1/runs/split").json()["status"] == "halted"
+    events = [_recovery(0, command["id"])]
+    answer = reply(post_steps(service.client, "split", [record(1, loss=math.nan)], events=events))
+    assert [c["step"] for c in answer["commands"]] == [1]
+
+
 def test_an_event_that_does_not_follow_the_protocol_is_422_and_stores_nothing(service: Service) -> None:
     register(service.client, "bad")
     bad = {"step": 1, "kind": "Recovery!", "message": "", "details": {}}
