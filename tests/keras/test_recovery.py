@@ -7,8 +7,10 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from nanwatch.keras import NanWatchCallback
+from nanwatch import Monitor
+from nanwatch.keras import NanWatchCallback, Recovery
 from tests.keras import models
 from tests.keras.conftest import fit_watched
 from tests.keras.recorder import Recorder
@@ -102,3 +104,31 @@ def test_an_operator_halt_is_obeyed_even_with_recovery_on(recorder: Recorder) ->
 def test_recovery_knobs_out_of_range_say_what_they_take(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="snapshot_every >= 1, 0 < lr_factor <= 1 and max_recoveries >= 0"):
         NanWatchCallback("http://127.0.0.1:9", run_id="knobs", recover=True, **bad)
+
+
+def test_a_custom_loop_rolls_back_with_recovery_and_reports_it_through_its_monitor(recorder: Recorder) -> None:
+    keras.utils.set_random_seed(2)
+    model = models.sequential()
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    model.compile(optimizer, "mse")
+    recovery = Recovery(model, every=2, factor=0.25)
+    recovery.snapshot(before_step=0)
+    x, y = models.data(n=16)
+    kept: list[np.ndarray] = []
+    with Monitor(recorder.url, run_id="loop", flush_interval=0.05) as monitor:
+        for step in range(3):  # a snapshot after step 1
+            with tf.GradientTape() as tape:
+                loss = keras.losses.mean_squared_error(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            if recovery.due(step):
+                recovery.snapshot(before_step=step + 1)
+                kept = [np.array(w) for w in model.get_weights()]
+        details = recovery.roll_back(step=2)  # as on a detector's halt at step 2
+        monitor.report_event(2, "recovery", recovery.describe(2, details), **details)
+
+    assert details == {"recovery": 1, "rolled_back_to": 2, "batches_skipped": 1, "lr": pytest.approx(0.025),
+                       "lr_factor": 0.25}  # fmt: skip
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), kept, strict=True))
+    [event] = [e for _, batch in recorder.batches for e in batch["events"]]
+    assert event["kind"] == "recovery" and "rolled back to the state before step 2" in event["message"]

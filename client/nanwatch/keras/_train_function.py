@@ -6,10 +6,10 @@ Keras 3's TensorFlow trainer builds ``model.train_function`` from ``model.train_
 functions from two variants of one wrapped step (a light one and a detail one, see ``_instrument``), and
 otherwise only public API (``make_train_function(force=True)`` and the ``train_function`` attribute).
 
-Checked against Keras 3.7.0 (the oldest release with ``_make_function``; the tests run there too, see
-README "Supported versions") and 3.15.1 with TensorFlow 2.21. Where ``_make_function`` is missing (Keras
-3.0 to 3.6) :func:`can_build` says so and the callback picks its detail steps with an in-graph step
-counter instead of a second train function.
+Checked against Keras 3.15.1 and 3.7.0, the oldest release with ``_make_function`` (``tests/keras`` pass
+on both with TensorFlow 2.21; README "Keras versions"). Where ``_make_function`` is missing (Keras 3.0 to
+3.6) :func:`can_build` says so and the callback picks its detail steps with an in-graph step counter
+instead of a second train function.
 """
 
 from __future__ import annotations
