@@ -132,3 +132,18 @@ def test_a_custom_loop_rolls_back_with_recovery_and_reports_it_through_its_monit
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), kept, strict=True))
     [event] = [e for _, batch in recorder.batches for e in batch["events"]]
     assert event["kind"] == "recovery" and "rolled back to the state before step 2" in event["message"]
+
+
+def test_a_model_saved_during_a_recovering_fit_loads_with_its_scaled_schedule(
+    recorder: Recorder, tmp_path: Any
+) -> None:
+    """``ModelCheckpoint`` saves the optimizer while the scaled schedule stands in for its own."""
+    model = models.sequential()
+    model.compile(keras.optimizers.Adam(_schedule()), "mse")
+    path = tmp_path / "during.keras"
+    saving = keras.callbacks.ModelCheckpoint(str(path), save_freq=2)
+    x, y = models.data(n=16 * 4)
+    fit_watched(model, x, y, recorder, callbacks=[saving], batch_size=16, watch={"recover": True})
+    loaded = keras.saving.load_model(path)
+    step = int(loaded.optimizer.iterations.numpy())
+    assert step > 0 and float(loaded.optimizer.learning_rate) == pytest.approx(float(_schedule()(step)), rel=1e-6)

@@ -25,9 +25,12 @@ import tensorflow as tf
 from nanwatch.keras import _train_function
 
 
+@keras.saving.register_keras_serializable(package="nanwatch")
 class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
     """A learning-rate schedule (or a zero-argument callable) whose output is multiplied by a variable,
-    so that recovery can scale it without retracing the training step."""
+    so that recovery can scale it without retracing the training step. It stands in for the optimizer's
+    own schedule during ``fit`` only; a model saved then (``ModelCheckpoint``) loads where
+    ``nanwatch.keras`` is imported."""
 
     def __init__(self, schedule: Any, factor: tf.Variable) -> None:
         self.schedule = schedule
@@ -39,7 +42,12 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):  # type: 
         return tf.cast(value, tf.float32) * self.factor
 
     def get_config(self) -> dict[str, Any]:
-        return {"factor": float(self.factor.numpy())}
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "factor": float(self.factor.numpy())}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ScaledSchedule:
+        schedule = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(schedule, tf.Variable(config["factor"], trainable=False, dtype=tf.float32))
 
 
 def check(every: int, factor: float, max_recoveries: int) -> None:
