@@ -14,7 +14,7 @@ rate; ``_stride``: within 0.5 % of the step time for the details, k in [10, 100]
 with defaults pays.
 
     python bench/step_overhead.py [--runs 5] [--steps 2000] [--models mlp,cnn] [--inline-records] [--no-service]
-                                  [--graph]
+                                  [--graph] [--guard]
 
 ``--no-service`` points the callback at a loopback port where nothing listens (issue 3's acceptance 3:
 the sender backs off, and no service process shares the machine). ``--inline-records`` adds a third
@@ -25,6 +25,11 @@ unpacking to the sender thread saves. Its column is the ratio of its median step
 ``--graph`` adds an arm that calls the instrumented train function with the plain arm's hooks (no
 nanwatch hook: nothing read, nothing sent): its ``graph`` column is the light step's ratio without the
 host's part, so ``light - graph`` is what the callback and the sender thread cost.
+
+``--guard`` adds a second model copy, instrumented with ``guard=False``, and its own plain arm (both
+interleaved with the others): its ``unguarded`` column is its light step's ratio to its own plain step,
+and ``guard`` is ``light - unguarded``, the guard's cost on a healthy step (the ``tf.cond`` around the
+optimizer's update, its scalar sum and finite test) as a fraction of the step.
 
 ``--runs N`` (default 5) measures each model in N fresh processes, one after the other, and prints each
 run and the median of every column over the runs. One process is not enough: within a process the ratio
@@ -64,7 +69,9 @@ from nanwatch.keras import NanWatchCallback
 WARM_UP = 40  # steps of each arm before the timed ones (traces; the auto stride's first choice)
 
 
-def instrumented(build: Any, url: str, name: str, inline: bool = False) -> tuple[Any, Any, Any, Any]:
+def instrumented(
+    build: Any, url: str, name: str, inline: bool = False, guard: bool = True
+) -> tuple[Any, Any, Any, Any]:
     """A fresh model's plain step, its callback (installed), a dataset iterator and its instrumented step.
 
     Each step is what ``fit``'s loop does per batch: the batch-begin hooks, the train function, the
@@ -79,7 +86,7 @@ def instrumented(build: Any, url: str, name: str, inline: bool = False) -> tuple
     model.make_train_function(force=True)
     plain = fit_step(model.train_function, keras.callbacks.CallbackList(None, add_history=True, model=model))
     plain.callbacks.on_train_begin()
-    callback = NanWatchCallback(url, run_id=f"step-overhead-{name}", halt_on="never")
+    callback = NanWatchCallback(url, run_id=f"step-overhead-{name}", halt_on="never", guard=guard)
     if inline:
         monitor = callback.monitor
         monitor.log_step_later = lambda step, make, **kw: monitor.log_step(step, **make())
@@ -111,16 +118,25 @@ def fit_step(function: Any, callbacks: Any) -> Any:
     return step
 
 
-def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False) -> dict[str, Any]:
+def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False, guard: bool = False) -> dict[str, Any]:
     plain, callback, iterator, watched = instrumented(build, url, build.__name__)
     arms = {
         "plain": lambda step: plain(step, iterator),
         "watched": lambda step: watched(step, iterator),
     }
+    insts = {"watched": callback._instrumentation, "graph": callback._instrumentation}
     if graph:  # the instrumented train function's light steps, with the plain arm's hooks
         graph_only = fit_step(callback.model.train_function, plain.callbacks)
         arms["graph"] = lambda step: light_only(callback, lambda: graph_only(step, iterator))
     started = [plain, watched]
+    if guard:  # a second copy without the guard, with its own plain arm
+        plain2, unguarded_cb, iterator2, unguarded = instrumented(
+            build, url, f"{build.__name__}-unguarded", guard=False
+        )
+        arms["plain2"] = lambda step: plain2(step, iterator2)
+        arms["unguarded"] = lambda step: unguarded(step, iterator2)
+        insts["unguarded"] = unguarded_cb._instrumentation
+        started += [plain2, unguarded]
     if inline:
         other_plain, _, other_iterator, other_watched = instrumented(build, url, f"{build.__name__}-inline", True)
         arms["inline"] = lambda step: other_watched(step, other_iterator)
@@ -136,11 +152,12 @@ def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False)
     chosen = []  # the auto stride after each round
     for i in range(steps):
         for name in names[i % len(names) :] + names[: i % len(names)]:  # the order rotates
-            inst.last_detail = False
+            arm_inst = insts.get(name, inst)
+            arm_inst.last_detail = False
             start = time.perf_counter()
             arms[name](i)
             times[name][i] = time.perf_counter() - start
-            details[name][i] = inst.last_detail
+            details[name][i] = arm_inst.last_detail
         chosen.append(inst.schedule.stride)
     for step in started:
         step.callbacks.on_train_end()  # restores the models, closes the monitors
@@ -158,11 +175,18 @@ def measure(build: Any, url: str, steps: int, inline: bool, graph: bool = False)
         result["inline_median"] = float(np.median(times["inline"])) / base
     if graph:
         result["graph"] = float(np.median(times["graph"][~details["graph"]])) / base
+    if guard:
+        detail2 = details["unguarded"]
+        result["unguarded"] = float(np.median(times["unguarded"][~detail2])) / float(np.median(times["plain2"]))
+        result["guard"] = result["light"] - result["unguarded"]
     return result
 
 
 STRIDES = (1, 10, 20, 50)
-COLUMNS = ("light", "detail", "all_median", *(f"k={k}" for k in STRIDES), "auto", "inline_median", "graph")
+COLUMNS = (
+    "light", "detail", "all_median", *(f"k={k}" for k in STRIDES), "auto", "inline_median", "graph", "unguarded",
+    "guard",
+)  # fmt: skip
 
 
 def with_means(r: dict[str, Any]) -> dict[str, Any]:
@@ -179,11 +203,12 @@ def child(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
     if args.runs == 1:
         return [
             {"model": name, **with_means(measure({"mlp": mlp, "cnn": cnn}[name], url, args.steps, args.inline_records,
-                                                  args.graph))}
+                                                  args.graph, args.guard))}
             for name in args.models.split(",")
         ]  # fmt: skip
     command = [sys.executable, __file__, "--runs", "1", "--child", url, "--steps", str(args.steps)]
     command += ["--models", args.models] + ["--inline-records"] * args.inline_records + ["--graph"] * args.graph
+    command += ["--guard"] * args.guard
     out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=3600).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
@@ -196,6 +221,7 @@ def row(name: str, r: dict[str, Any], args: argparse.Namespace) -> str:
         + f"{k:>14}{r['auto']:>8.3f}"
         + (f"{r['inline_median']:>16.3f}" if args.inline_records else "")
         + (f"{r['graph']:>16.3f}" if args.graph else "")
+        + (f"{r['unguarded']:>11.3f}{r['guard']:>+8.3f}" if args.guard else "")
     )
 
 
@@ -207,6 +233,7 @@ def main() -> None:
     parser.add_argument("--inline-records", action="store_true", help="add the arm that unpacks on the training thread")
     parser.add_argument("--no-service", action="store_true", help="nothing listens at the callback's URL")
     parser.add_argument("--graph", action="store_true", help="add the arm without the callback's hooks")
+    parser.add_argument("--guard", action="store_true", help="add a copy without the guard (its cost)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a run of the parent's: the URL; prints JSON lines
     args = parser.parse_args()
     logging.getLogger("nanwatch").setLevel(logging.ERROR)
@@ -222,6 +249,7 @@ def main() -> None:
         + f"{'k auto':>14}{'auto':>8}"
         + ("   inline median" if args.inline_records else "")
         + ("   graph (light)" if args.graph else "")
+        + ("  unguarded   guard" if args.guard else "")
     )
     service = contextlib.nullcontext(f"http://127.0.0.1:{free_port()}") if args.no_service else running_service()
     runs: list[list[dict[str, Any]]] = []

@@ -36,6 +36,7 @@ class Batch:
     records: list[dict[str, Any]]
     acks: list[dict[str, Any]]
     final: bool
+    events: list[dict[str, Any]]
 
 
 class Outbox:
@@ -47,6 +48,7 @@ class Outbox:
         self.cond = threading.Condition()
         self.buffer: deque[Entry] = deque()
         self.acks: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []  # what the job reports itself (a recovery)
         self.dropped = 0
         self.in_flight = 0
         self.closing = False  # close() was called: nothing more is buffered, the sender drains and stops
@@ -77,6 +79,12 @@ class Outbox:
         with self.cond:
             self.acks.append({"id": command_id, "step": step})
 
+    def report(self, event: dict[str, Any]) -> None:
+        """Send an event the job reports with the next batch (nothing once closing)."""
+        with self.cond:
+            if not self.closing:
+                self.events.append(event)
+
     # ------------------------------------------------------------------ sender thread
     def flush_due(self) -> bool:
         """Whether the sender should send before its flush interval is up (call with the lock held)."""
@@ -89,17 +97,18 @@ class Outbox:
             self.cond.wait_for(self.flush_due, timeout=delay)
             return not self.closing
 
-    def take(self, closing: bool) -> tuple[list[Entry], list[dict[str, Any]], bool] | None:
-        """The next batch's entries, acknowledgements and ``final`` flag; None when there is nothing."""
+    def take(self, closing: bool) -> tuple[list[Entry], list[dict[str, Any]], bool, list[dict[str, Any]]] | None:
+        """The next batch's entries, acknowledgements, ``final`` flag and events; None when there is nothing."""
         with self.cond:
             taken = [self.buffer.popleft() for _ in range(min(self.max_batch, len(self.buffer)))]
             acks, self.acks = self.acks[:MAX_ACKS], self.acks[MAX_ACKS:]
+            events, self.events = self.events[:MAX_ACKS], self.events[MAX_ACKS:]
             final = closing and not self.buffer
             self.urgent = False
-            if not (taken or acks or final):
+            if not (taken or acks or events or final):
                 return None
             self.in_flight = len(taken)
-            return taken, acks, final
+            return taken, acks, final, events
 
     def delivered(self, batch: Batch) -> None:
         """The service stored ``batch``."""
@@ -115,6 +124,7 @@ class Outbox:
             self.in_flight = 0
             self.buffer.extendleft(reversed(batch.records))
             self.acks[:0] = batch.acks
+            self.events[:0] = batch.events
             while len(self.buffer) > self.buffer_size:
                 self.buffer.popleft()
                 self.dropped += 1

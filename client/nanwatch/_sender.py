@@ -140,9 +140,9 @@ class Sender:
         taken = self.outbox.take(closing)
         if taken is None:
             return None
-        entries, acks, final = taken
+        entries, acks, final, events = taken
         records = [self._made(entry) for entry in entries]
-        return Batch([r for r in records if r is not None], acks, final)
+        return Batch([r for r in records if r is not None], acks, final, events)
 
     def _made(self, entry: Entry) -> dict[str, Any] | None:
         """The record of an entry; None (dropped, counted, logged once) if a ``log_step_later`` one cannot
@@ -168,6 +168,7 @@ class Sender:
                 dropped=self.outbox.dropped,
                 final=batch.final,
                 content_type=self.content_type,
+                events=batch.events,
             )
         except (ValueError, TypeError, OverflowError) as exc:
             return self._reject(batch, Reply(0, error=f"could not encode the batch: {exc}"))

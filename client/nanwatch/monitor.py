@@ -178,6 +178,15 @@ class Monitor:
             self._halt(halt)
         return halt
 
+    def report_event(self, step: int, kind: str, message: str, **details: float | int | str) -> None:
+        """Queue an event the job itself reports (``kind="recovery"``: what it rolled back to) for the next
+        batch. The service keeps it with the run's events (detector ``kind``, severity ``info``) and counts
+        it in ``nanwatch_events_total``. Raises :class:`~nanwatch.ProtocolError` for a value the protocol
+        does not take (``kind`` is lower-case ``[a-z0-9_]``, details are numbers or strings)."""
+        event = {"step": int(step), "kind": kind, "message": message, "details": details}
+        [decoded] = protocol.decode_batch({"events": [event]})["events"]
+        self._outbox.report(decoded)
+
     def sync(self, step: int, timeout: float = 1.0) -> Halt | None:
         """Wait until the service has answered for every record up to ``step``; return a halt due then.
 

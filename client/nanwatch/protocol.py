@@ -7,7 +7,8 @@ Three messages travel between a training job and the service:
   a probability of exactly 0 or 1 into a non-finite value: Keras' built-in cross-entropies, which clip
   probabilities before the log or take logits);
 - a **step batch** (``POST /v1/runs/{run_id}/steps``): step records, acknowledgements of commands, the
-  client's drop counter and a ``final`` flag when the job ends;
+  client's drop counter, a ``final`` flag when the job ends and, optionally, ``events`` the job itself
+  reports (``{"step", "kind", "message", "details"}``, e.g. a recovery: what it rolled back to);
 - the **ingest reply**: ``{"accepted": n, "commands": [...]}``, which is how halts reach the job.
 
 A step record holds scalars (``step``, ``wall_time``, ``loss``, ``lr``, ``grad_norm``, ``loss_scale``,
@@ -290,9 +291,11 @@ _RUN_KEYS: Final = frozenset(
     {"protocol", "name", "team", "framework", "dtype_policy", "layers", "halt_on", "stable_loss", "meta"}
 )
 _LAYER_KEYS: Final = frozenset({"name", "kind", "activation", "params", "dtype"})
-_BATCH_KEYS: Final = frozenset({"protocol", "attempt", "records", "acks", "dropped", "final"})
+_BATCH_KEYS: Final = frozenset({"protocol", "attempt", "records", "acks", "dropped", "final", "events"})
 _RECORD_KEYS: Final = frozenset({"step", "skipped", "layers", *SCALAR_FIELDS})
 _ACK_KEYS: Final = frozenset({"id", "step"})
+_EVENT_KEYS: Final = frozenset({"step", "kind", "message", "details"})
+EVENT_KIND_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def _check_protocol(obj: Mapping[str, Any], versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> int:
@@ -359,10 +362,12 @@ def decode_batch(obj: Any, n_layers: int | None = None, limits: Limits = DEFAULT
             "acks": columnar.acks,
             "dropped": columnar.dropped,
             "final": columnar.final,
+            "events": columnar.events,
         }
     _no_unknown(obj, "", _BATCH_KEYS)
     records = _list(obj.get("records", []), "records", limits.records, "records")
     acks = _list(obj.get("acks", []), "acks", 1000)
+    events = _list(obj.get("events", []), "events", 1000)
     return {
         "protocol": 1,
         "attempt": _str(obj.get("attempt", "0"), "attempt", 64, ATTEMPT_PATTERN),
@@ -370,7 +375,32 @@ def decode_batch(obj: Any, n_layers: int | None = None, limits: Limits = DEFAULT
         "acks": [_decode_ack(a, f"acks[{i}]") for i, a in enumerate(acks)],
         "dropped": _int(obj.get("dropped", 0), "dropped", minimum=0),
         "final": _bool(obj.get("final", False), "final"),
+        "events": [_decode_client_event(e, f"events[{i}]") for i, e in enumerate(events)],
     }
+
+
+def _decode_client_event(obj: Any, field: str) -> dict[str, Any]:
+    """An event the job reports: ``step``, ``kind`` (``recovery``), ``message`` and flat ``details``
+    (numbers or strings; the strings "NaN", "Infinity" and "-Infinity" are the floats, as JSON spells them)."""
+    obj = _mapping(obj, field)
+    _no_unknown(obj, field, _EVENT_KEYS)
+    details = _mapping(obj.get("details", {}), f"{field}.details")
+    if len(details) > 64:
+        raise ProtocolError(f"{field}.details", "more than 64 entries")
+    return {
+        "step": _int(obj.get("step"), f"{field}.step", minimum=0),
+        "kind": _str(obj.get("kind"), f"{field}.kind", 64, EVENT_KIND_PATTERN),
+        "message": _str(obj.get("message", ""), f"{field}.message", 4096),
+        "details": {_str(k, f"{field}.details", 64): _detail(v, f"{field}.details.{k}") for k, v in details.items()},
+    }
+
+
+def _detail(value: Any, field: str) -> float | int | str:
+    if isinstance(value, str) and value not in _NONFINITE_TO_JSON:  # "NaN" in JSON is the float
+        return _str(value, field, 1024)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(value, field)
+    return _float(value, field)
 
 
 def decode_record(obj: Any, field: str = "record", n_layers: int | None = None) -> dict[str, Any]:
@@ -413,6 +443,7 @@ _COLUMNAR_KEYS: Final = frozenset(
         "acks",
         "dropped",
         "final",
+        "events",
     }
 )
 FLOAT_DTYPE: Final = "<f8"
@@ -429,6 +460,8 @@ class StepBatch:
     acks: list[dict[str, Any]]
     dropped: int
     final: bool
+    events: list[dict[str, Any]]
+    """Events the job reports itself (a recovery: what it rolled back to)."""
 
 
 def decode_steps(obj: Any, n_layers: int | None = None, limits: Limits = DEFAULT_LIMITS) -> StepBatch:
@@ -438,9 +471,10 @@ def decode_steps(obj: Any, n_layers: int | None = None, limits: Limits = DEFAULT
     if _check_protocol(obj) == 1:
         batch = decode_batch(obj, n_layers, limits)
         columns = StepColumns.from_records(batch["records"], n_layers)
-        return StepBatch(1, batch["attempt"], columns, batch["acks"], batch["dropped"], batch["final"])
+        return StepBatch(1, batch["attempt"], columns, batch["acks"], batch["dropped"], batch["final"], batch["events"])
     _no_unknown(obj, "", _COLUMNAR_KEYS)
     acks = _list(obj.get("acks", []), "acks", 1000)
+    events = _list(obj.get("events", []), "events", 1000)
     return StepBatch(
         protocol=2,
         attempt=_str(obj.get("attempt", "0"), "attempt", 64, ATTEMPT_PATTERN),
@@ -448,6 +482,7 @@ def decode_steps(obj: Any, n_layers: int | None = None, limits: Limits = DEFAULT
         acks=[_decode_ack(a, f"acks[{i}]") for i, a in enumerate(acks)],
         dropped=_int(obj.get("dropped", 0), "dropped", minimum=0),
         final=_bool(obj.get("final", False), "final"),
+        events=[_decode_client_event(e, f"events[{i}]") for i, e in enumerate(events)],
     )
 
 
@@ -557,6 +592,7 @@ def encode_batch(
     final: bool = False,
     content_type: str = MSGPACK,
     n_layers: int | None = None,
+    events: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[bytes, str]:
     """The body of ``POST /v1/runs/{run_id}/steps`` and its Content-Type: protocol 2 (columns) in msgpack,
     protocol 1 (records as maps) in JSON. ``records`` are ``log_step``-style maps (per-layer values as
@@ -564,6 +600,8 @@ def encode_batch(
     array's). The one place a request body of step records is built."""
     columns = records if isinstance(records, StepColumns) else StepColumns.from_records(records, n_layers)
     batch = {"attempt": attempt, "acks": list(acks), "dropped": dropped, "final": final}
+    if events:  # only when there are some: a service older than events refuses the key
+        batch["events"] = list(events)
     if content_type == JSON:
         return dumps({"protocol": 1, **batch, "records": columns.records()}, JSON), JSON
     if content_type != MSGPACK:

@@ -183,7 +183,7 @@ def _events(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             e["layer"] or "-",
             e["state"],
             _show(e.get("steps_to_nonfinite")),
-            f"{e['message']} Fix: {e['remedy']}",
+            f"{e['message']} Fix: {e['remedy']}" if e.get("remedy") else e["message"],  # a job's event has none
         )
         for e in reply["events"]
     ]

@@ -190,7 +190,10 @@ class Engine:
         write = IngestWrite(state.run_id, batch.attempt, now, fresh)
         status, halt = self._acknowledge(state, write, batch.acks, now)
         self._record_episodes(state, write, changes, findings)
-        self._apply_policy(state, write, findings, fresh, now)
+        recovered, resumed = self._record_client_events(state, write, batch.events)
+        if resumed:
+            status, halt = "running", None
+        self._apply_policy(state, write, [f for f in findings if f.step > recovered], fresh, now)
         state.remember(fresh)
         state.last_seen = now
         if batch.final and state.status == "running":
@@ -205,8 +208,37 @@ class Engine:
             attempt=batch.attempt,
             status=status,
             halt=halt,
+            clear_halt=resumed,
         )
         return write, self._deliverable(state, write, now)
+
+    @staticmethod
+    def _record_client_events(state: RunState, write: IngestWrite, events: list[dict[str, Any]]) -> tuple[int, bool]:
+        """Keep the events the job reported itself (a recovery) as closed ``info`` events of detector
+        ``kind``, counted; return the last step at which a recovery answered a halt (-1: none), and
+        whether that halt was the run's, acknowledged: then the run is running again.
+
+        A recovery that answered a halt (``details.command_id``) means the job carried on: the halt is no
+        longer in force, so the next critical finding can halt the run again. Findings at or before that
+        step are on records the recovery undid: they halt nothing.
+        """
+        recovered, resumed = -1, False
+        for event in events:
+            step = event["step"]
+            doc = {
+                "detector": event["kind"], "severity": "info", "layer": None, "state": "closed", "step": step,
+                "first_step": step, "last_step": step, "end_step": step, "message": event["message"],
+                "remedy": "", "details": event["details"],
+            }  # fmt: skip
+            write.new_events.append((doc, snapshot(doc)))
+            state.events_total[(event["kind"], "info")] += 1
+            answered = event["details"].get("command_id")
+            if answered:
+                recovered = max(recovered, step)
+                halt = state.latest_halt
+                if halt is not None and halt["id"] == answered and state.status == "halted":
+                    state.status, resumed = "running", True
+        return recovered, resumed
 
     def _acknowledge(
         self, state: RunState, write: IngestWrite, acks: list[dict[str, Any]], now: float

@@ -480,3 +480,27 @@ def test_bad_values_fail_in_the_caller_not_on_the_wire(fake_service: FakeService
         monitor.log_step(0, layers={"grad_nrom": [1.0]})
     with pytest.raises(ProtocolError, match="layers"):
         monitor.register(layers=[{"name": "dense", "units": 3}])
+
+
+def test_a_reported_event_rides_with_the_next_batch_and_survives_a_retry(
+    fake_service: FakeService, make_monitor: MakeMonitor
+) -> None:
+    monitor = make_monitor(fake_service.url)
+    fake_service.forced_statuses.append(503)  # the first batch is refused: the event goes back with it
+    monitor.report_event(0, "recovery", "rolled back to step 0", rolled_back_to=0, lr=5e-4, command_id="c1")
+    monitor.log_step(0, loss=1.0)
+    monitor.close(timeout=10)
+
+    events = [e for batch in fake_service.batches("run-a") for e in batch["events"]]
+    details = {"rolled_back_to": 0, "lr": 5e-4, "command_id": "c1"}
+    assert events == [{"step": 0, "kind": "recovery", "message": "rolled back to step 0", "details": details}]
+    refused = fake_service.seen("POST", "run-a")[0]
+    assert refused.status == 503 and refused.body is not None and refused.body["events"] == events
+
+
+def test_an_event_outside_the_protocol_is_refused_at_once(fake_service: FakeService, make_monitor: MakeMonitor) -> None:
+    monitor = make_monitor(fake_service.url)
+    with pytest.raises(ProtocolError, match="kind"):
+        monitor.report_event(0, "Recovery", "")
+    with pytest.raises(ProtocolError, match=r"details\.when"):
+        monitor.report_event(0, "recovery", "", when=[1, 2])  # type: ignore[arg-type]

@@ -128,6 +128,28 @@ def test_inf_gradients_without_a_loss_scaler_are_critical() -> None:
     assert finding.severity == "critical"
 
 
+def test_a_guard_skip_names_the_layer_and_says_the_weights_are_unchanged() -> None:
+    """The Keras callback's guard skipped an update whose gradients were not finite (no loss scaler)."""
+    run = Run(relu_mlp(3))
+    records = [*run.records(3), run.record(3, grad_norm=NAN, skipped=True, layers={"grad_norm": {"dense_1": NAN}})]
+    [finding] = of(Pipeline(run.spec).process(records), "nonfinite")
+    assert (finding.step, finding.layer, finding.severity) == (3, "dense_1", "critical")
+    assert "the update was skipped, the weights are unchanged" in finding.message
+
+
+def test_a_guard_skip_is_critical_even_when_every_value_sent_is_finite() -> None:
+    """A non-finite learning rate from a schedule: the guard skipped the step, nothing else shows it."""
+    run = Run(relu_mlp(3))
+    [finding] = of(Pipeline(run.spec).process([run.record(0, lr=NAN, skipped=True)]), "nonfinite")
+    assert finding.severity == "critical" and finding.layer is None
+    assert "the update was skipped" in finding.message
+
+
+def test_an_applied_step_that_says_skipped_false_stays_quiet() -> None:
+    run = Run(relu_mlp(3))
+    assert of(Pipeline(run.spec).process([run.record(0, skipped=False)]), "nonfinite") == []
+
+
 def test_forward_overflow_is_critical_even_on_a_skipped_step() -> None:
     run = Run(relu_mlp(3), dtype_policy="mixed_float16")
     record = run.record(0, loss=INF, loss_scale=1.0, skipped=True, layers={"act_max_abs": {"dense_2": INF}})

@@ -6,14 +6,11 @@ every weight is still finite; healthy runs that merely look alarming raise nothi
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from nanwatch_service.settings import Settings
-from tests.conftest import ServiceThread
+from tests.e2e.conftest import expected_halts
 from tests.scenarios import SCENARIOS
 from tests.scenarios.monitored import Outcome, run_with_nanwatch
 
@@ -22,18 +19,8 @@ Watch = Callable[[str], Outcome]
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    db: Path = tmp_path_factory.mktemp("detection") / "nanwatch.db"
-    with ServiceThread(Settings(db=str(db))) as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
 def watched(url: str) -> Iterator[Watch]:
     """Run a scenario under nanwatch once per module; later tests of the same scenario reuse the outcome."""
-    logger = logging.getLogger("nanwatch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the halt lines are expected here
     outcomes: dict[str, Outcome] = {}
 
     def watch(name: str) -> Outcome:
@@ -41,8 +28,8 @@ def watched(url: str) -> Iterator[Watch]:
             outcomes[name] = run_with_nanwatch(name, url)
         return outcomes[name]
 
-    yield watch
-    logger.setLevel(level)
+    with expected_halts():
+        yield watch
 
 
 def _describe(outcome: Outcome) -> str:
@@ -65,6 +52,13 @@ def test_gradual_divergence_is_stopped_while_every_weight_is_finite(watched: Wat
     first_nonfinite = SCENARIOS[name].expected_first_nonfinite
     assert outcome.stopped_at is not None and first_nonfinite is not None, _describe(outcome)
     assert outcome.stopped_at < first_nonfinite and outcome.weights_finite_at_stop, _describe(outcome)
+
+
+@pytest.mark.parametrize("name", [name for name, scenario in SCENARIOS.items() if scenario.diverges])
+def test_every_diverging_run_is_halted_with_every_weight_finite(watched: Watch, name: str) -> None:
+    """Sudden blow-ups too (S3 is NaN at its first step): the guard keeps the non-finite update out."""
+    outcome = watched(name)
+    assert outcome.stopped_at is not None and outcome.weights_finite_at_stop, _describe(outcome)
 
 
 def test_division_by_zero_variance_is_critical_at_step_zero_naming_the_custom_layer(watched: Watch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import keras
 import numpy as np
@@ -116,15 +117,15 @@ def test_activation_stride_thins_out_the_detail_fields_only(
     recorder: Recorder, monkeypatch: pytest.MonkeyPatch, stride: int | None, bounded: bool, counter: bool
 ) -> None:
     """The host picks the light or the detail train function per step; ``counter``: the in-graph step
-    counter decides instead (a Keras without ``_make_function``), with the same records."""
-    if counter:
-        monkeypatch.setattr("nanwatch.keras._instrument._can_build_functions", lambda model: False)
+    counter decides instead (a Keras without ``_make_function``, 3.0 to 3.6), with the same records."""
     if bounded:
         model = models.compiled("sequential")  # a tanh layer: max-abs every step for its saturation
     else:  # float32, unbounded: max-abs activations are detail fields too
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
         model.compile(optimizer="sgd", loss="mse")
     x, y = models.data(n=16 * 24)
+    if counter:
+        _as_before_keras_3_7(model, monkeypatch)
 
     watch = {} if stride is None else {"activation_stride": stride}
     records = fit_watched(model, x, y, recorder, batch_size=BATCH, watch=watch).records
@@ -143,6 +144,19 @@ def test_activation_stride_thins_out_the_detail_fields_only(
     else:  # "auto": the first step, every 10th until both kinds of step are timed, then every 10th-100th
         assert detailed[:2] == [0, 10]
         assert all(10 <= later - earlier <= 100 for earlier, later in itertools.pairwise(detailed))
+
+
+def _as_before_keras_3_7(model: keras.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keras 3.0 to 3.6 build the train function without a ``_make_function`` to build others with."""
+    make = model._make_function
+
+    def make_train_function(force: bool = False) -> Any:
+        if model.train_function is None or force:
+            model.train_function = make(model.train_step)
+        return model.train_function
+
+    monkeypatch.setattr(model, "make_train_function", make_train_function)
+    monkeypatch.setattr(model, "_make_function", None)
 
 
 def test_layers_that_only_select_values_are_not_watched_and_pass_their_source_on(recorder: Recorder) -> None:

@@ -47,7 +47,23 @@ def batches(draw: st.DrawFn) -> dict[str, Any]:
         ),
         "dropped": draw(st.integers(0, 10**9)),
         "final": draw(st.booleans()),
+        "events": draw(st.lists(client_events(), max_size=2)),
     }
+
+
+def client_events() -> st.SearchStrategy[dict[str, Any]]:
+    """Events the job reports (a recovery), details of numbers and strings (a detail "NaN", "Infinity" or
+    "-Infinity" is the float, in either encoding, as JSON spells it)."""
+    spelled = st.text(max_size=8).filter(lambda text: text not in ("NaN", "Infinity", "-Infinity"))
+    detail = st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=True), spelled)
+    return st.fixed_dictionaries(
+        {
+            "step": st.integers(0, 10**6),
+            "kind": st.from_regex(protocol.EVENT_KIND_PATTERN, fullmatch=True),
+            "message": st.text(max_size=20),
+            "details": st.dictionaries(st.text(min_size=1, max_size=8), detail, max_size=4),
+        }
+    )
 
 
 @settings(max_examples=100, deadline=None)

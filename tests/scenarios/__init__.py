@@ -23,6 +23,8 @@ fills the `ScenarioResult`, so a halt at step k shows as `steps_run == k + 1`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import keras
 
 from tests.scenarios._base import Scenario
@@ -34,16 +36,29 @@ from tests.scenarios.s6_saturating_sigmoid import S6
 from tests.scenarios.s7_mixed_precision import S7
 from tests.scenarios.s8_alarming_healthy import S8A, S8B, S8C
 
-__all__ = ["SCENARIOS", "Scenario", "ScenarioResult", "run_scenario"]
+__all__ = ["SCENARIOS", "Scenario", "ScenarioResult", "fit_steps", "run_scenario"]
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (S1, S2, S3, S4, S5, S6, S7, S8A, S8B, S8C)}
 
 
-def run_scenario(name: str, callbacks: list[keras.callbacks.Callback] | None = None) -> ScenarioResult:
-    """Train scenario `name` for at most its `max_steps` with `callbacks`, and record what happened.
+def run_scenario(
+    name: str, callbacks: list[keras.callbacks.Callback] | None = None, *, every_epoch: bool = False
+) -> ScenarioResult:
+    """Train scenario `name` for at most its `max_steps` with `callbacks`, and record what happened;
+    `every_epoch`: for all the epochs of its `fit` instead (a recovering run's whole training).
 
     The global dtype policy is restored afterwards, even on error. Nothing is printed.
     """
     if name not in SCENARIOS:
         raise KeyError(f"unknown scenario {name!r}; pick one of {', '.join(SCENARIOS)}")
-    return run(SCENARIOS[name], callbacks)
+    scenario = SCENARIOS[name]
+    if every_epoch:
+        scenario = replace(scenario, max_steps=fit_steps(scenario))
+    return run(scenario, callbacks)
+
+
+def fit_steps(scenario: Scenario) -> int:
+    """The steps of all the epochs of the scenario's `fit`."""
+    _, fit_kwargs = scenario.build()
+    keras.backend.clear_session()
+    return int(-(-len(fit_kwargs["x"]) // fit_kwargs["batch_size"]) * fit_kwargs["epochs"])

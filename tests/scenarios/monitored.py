@@ -32,6 +32,10 @@ class Outcome:
     stopped_at: int | None = None  # the step the job stopped at, None when it ran to the end
     weights_finite_at_stop: bool = True
     events: list[dict[str, Any]] = field(default_factory=list)  # warning and critical events
+    recoveries: list[dict[str, Any]] = field(default_factory=list)  # the run's recovery events (recover=True)
+    steps_run: int = 0
+    losses: list[float] = field(default_factory=list)
+    status: str = ""  # the run's status at the service once the job ended
 
     @property
     def false_warnings(self) -> int:
@@ -47,14 +51,16 @@ class Outcome:
         return self.first_nonfinite - self.first_warning
 
 
-def run_with_nanwatch(name: str, url: str, **callback_kwargs: Any) -> Outcome:
-    """Run scenario ``name`` with NanWatchCallback in lockstep against the service at ``url``."""
+def run_with_nanwatch(name: str, url: str, every_epoch: bool = False, **callback_kwargs: Any) -> Outcome:
+    """Run scenario ``name`` with NanWatchCallback in lockstep against the service at ``url`` (for all its
+    epochs with ``every_epoch``)."""
     run_id = f"{name}-{uuid.uuid4().hex[:8]}"
     callback_kwargs.setdefault("lockstep", True)
     callback = NanWatchCallback(url, run_id=run_id, flush_interval=0.05, **callback_kwargs)
-    result = run_scenario(name, [callback])
+    result = run_scenario(name, [callback], every_epoch=every_epoch)
     with httpx.Client(base_url=url, timeout=30) as client:
         events = client.get(f"/v1/runs/{run_id}/events").json()["events"]
+        status = client.get(f"/v1/runs/{run_id}").json()["status"]
     serious = [e for e in events if e["severity"] in WARNING_OR_WORSE]
     return Outcome(
         scenario=name,
@@ -65,6 +71,10 @@ def run_with_nanwatch(name: str, url: str, **callback_kwargs: Any) -> Outcome:
         stopped_at=callback.halted.step if callback.halted else None,
         weights_finite_at_stop=result.weights_finite_at_end,
         events=serious,
+        recoveries=[e for e in events if e["detector"] == "recovery"],
+        steps_run=result.steps_run,
+        losses=result.losses,
+        status=status,
     )
 
 

@@ -25,6 +25,10 @@ A custom ``tf.GradientTape`` loop reports the same statistics through a :class:`
             if monitor.log_step(step, **stats):
                 break  # halted: the reason is in monitor.halted
 
+The callback also keeps non-finite updates out of the weights (``_guard``, on by default) and, with
+``recover=True``, answers the service's halts by rolling back to a host snapshot with a lower learning
+rate (``_recovery``; :class:`Recovery` serves custom loops).
+
 How the callback measures (see ``_instrument``): for the length of one ``fit`` it wraps each watched
 layer's ``call``, the model's ``compute_loss`` and ``train_step`` and the optimizer's ``apply``. The
 reductions (``_reductions``, ``_activations``, ``_norms``) are TensorFlow ops added to the traced
@@ -34,5 +38,6 @@ callback reads once per step.
 
 from nanwatch.keras._callback import NanWatchCallback
 from nanwatch.keras._custom import capture_activations, layer_table, step_statistics
+from nanwatch.keras._recovery import Recovery
 
-__all__ = ["NanWatchCallback", "capture_activations", "layer_table", "step_statistics"]
+__all__ = ["NanWatchCallback", "Recovery", "capture_activations", "layer_table", "step_statistics"]

@@ -11,7 +11,9 @@ import keras
 from keras import tree
 
 from nanwatch import protocol
+from nanwatch.keras import _recovery
 from nanwatch.keras._instrument import Instrumentation
+from nanwatch.keras._recovery import Recovery
 from nanwatch.monitor import Halt, Monitor
 
 
@@ -42,11 +44,27 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
     ``bench/RESULTS.md`` has the measured overhead; ``activation_stride=1`` buys per-step details at
     several times the cost, ``activation_stats=False`` drops the layer outputs altogether.
 
+    The guard (``guard=True``, the default): an update whose gradients or learning rate are not finite
+    is not applied at all (weights and optimizer state unchanged, ``_guard``); the record says
+    ``skipped`` and the service's ``nonfinite`` finding names the layer, so a run halted for it keeps
+    every weight finite. Its cost is one condition in the step (``bench/RESULTS.md``).
+
+    Recovery (``recover=True``): a host copy of the weights and optimizer variables every
+    ``snapshot_every`` steps; a halt the service's detectors decide (the policy ``halt_on``) is answered by
+    rolling back to that copy, multiplying the learning rate by ``lr_factor`` (a schedule's output) and
+    going on with the next batch, at most ``max_recoveries`` times, then by halting. Each recovery is an
+    event on the run (``GET /v1/runs/{id}/events``, detector ``recovery``) and ``cb.recoveries`` lists
+    them; ``cb.halted`` stays None for a run that recovered. See ``_recovery`` and the README.
+
     Args:
         url, run_id, token, name, team: as for :class:`nanwatch.Monitor` (``url`` defaults to
             ``$NANWATCH_URL``); ignored when ``monitor`` is given.
         halt_on: the run's policy, ``"critical"``, ``"warning"`` or ``"never"``. Unless ``"never"``, a
-            non-finite loss or gradient stops ``fit`` at that very step without asking the service.
+            non-finite loss or gradient stops ``fit`` at that very step without asking the service
+            (with ``recover=True``: after asking it, at most ``lockstep_timeout`` seconds, for the halt
+            that recovery answers).
+        guard: keep non-finite updates out of the weights (see above).
+        recover, snapshot_every, lr_factor, max_recoveries: recovery (see above).
         activation_stats: measure layer outputs (wraps each layer's ``call``; the statistics come from
             the training step's own forward pass, never a second one).
         activation_stride: ``"auto"`` (the default) or k: how often to take the detail statistics. With
@@ -102,6 +120,11 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         activation_stats: bool = True,
         activation_stride: int | str = "auto",
         save_on_halt: str | None = None,
+        guard: bool = True,
+        recover: bool = False,
+        snapshot_every: int = 100,
+        lr_factor: float = 0.5,
+        max_recoveries: int = 3,
         lockstep: bool = False,
         lockstep_timeout: float = 1.0,
         monitor: Monitor | None = None,
@@ -110,11 +133,19 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         **monitor_kwargs: Any,
     ) -> None:
         super().__init__()
+        if recover:
+            _recovery.check(snapshot_every, lr_factor, max_recoveries)
         self.activation_stats = bool(activation_stats)
         self.activation_stride = _stride_of(activation_stride)
         self.save_on_halt = save_on_halt
+        self.guard = bool(guard)
         self.lockstep, self.lockstep_timeout = bool(lockstep), float(lockstep_timeout)
         self.halted: Halt | None = None
+        self.recoveries: list[dict[str, Any]] = []  # each recovery's details, as reported to the service
+        self._recovery_options: dict[str, Any] | None = (
+            {"every": snapshot_every, "factor": lr_factor, "max_recoveries": max_recoveries} if recover else None
+        )
+        self._recovery: Recovery | None = None
         self._log: logging.Logger = monitor_kwargs.get("logger") or logging.getLogger("nanwatch")
         self._monitor_args: dict[str, Any] = {
             "url": url, "run_id": run_id, "token": token, "halt_on": halt_on, "name": name, "team": team,
@@ -138,20 +169,29 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             self.monitor, self._closed = Monitor(**self._monitor_args), False
         if self._step is None:
             self._step = _initial_step(self.model)
+        if self._recovery_options is not None and _unsupported(self.model) is None:
+            if self._recovery is None or self._recovery.model is not self.model:
+                self._recovery = Recovery(self.model, **self._recovery_options)
+            self._recovery.install()  # before the step is traced
         self._instrumentation = self._instrument()
+        if self._recovery is not None:
+            self._recovery.snapshot(before_step=self._step)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         assert self._step is not None
         inst = self._instrumentation
         if inst is None:  # not measurable: count steps and obey the service
             step, self._step = self._step, self._step + 1
-            halt = self.monitor.log_step(step)
+            halt, finite = self.monitor.log_step(step), True
         else:
-            step, halt = self._log_step(inst)
-        if halt is None and self.lockstep:
-            halt = self.monitor.sync(step, timeout=self.lockstep_timeout)
+            step, halt, finite = self._log_step(inst)
+        recovery = self._recovery
+        snapshot = recovery is not None and finite and recovery.due(step)
+        halt = halt or self._verdict(step, finite, snapshot)
         if halt is not None:
-            self._stop(halt)
+            self._answer(halt, step)
+        elif snapshot and recovery is not None:
+            recovery.snapshot(before_step=step + 1)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self.restore()
@@ -166,6 +206,8 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         inst, self._instrumentation = self._instrumentation, None
         if inst is not None:
             inst.restore()
+        if self._recovery is not None:
+            self._recovery.restore()
 
     # ------------------------------------------------------------------ helpers
 
@@ -178,6 +220,7 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             self.model,
             activation_stats=self.activation_stats,
             activation_stride=self.activation_stride,
+            guard=self.guard,
             logger=self._log,
             warned=self._warned,
         )
@@ -185,24 +228,25 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         inst.set_step(self._step or 0)
         return inst
 
-    def _log_step(self, inst: Instrumentation) -> tuple[int, Halt | None]:
-        """Log the last step vector; return its (last) step and a halt due there.
+    def _log_step(self, inst: Instrumentation) -> tuple[int, Halt | None, bool]:
+        """Log the last step vector; return its (last) step, a halt due there, and whether its loss and
+        global gradient norm were finite.
 
         The training thread only copies the vector and checks its loss and global gradient norm: the
-        sender thread finishes a light step's raw vector (``_raw``) and unpacks it into the record (about
-        0.1 ms of numpy and Python per step, 1 % of the benchmark MLP's step). A step whose loss or
-        gradient norm is not finite is unpacked here, for the local non-finite check to name what is wrong.
+        sender thread unpacks it into the record (about 0.1 ms of numpy and Python per step, 1 % of the
+        benchmark MLP's step). A step whose loss or gradient norm is not finite is unpacked here, for the
+        local non-finite check to name what is wrong (under recovery the service names it instead).
         """
         assert self._step is not None
-        vec, raw = inst.read()
+        vec = inst.read()
         self._register(inst)
-        count, loss, grad_norm = inst.head(vec, raw)
+        count, loss, grad_norm = inst.head(vec)
         step, self._step = self._step + count - 1, self._step + count
-        unpack = inst.unpacker(vec, raw)
+        unpack = inst.unpacker(vec)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)  # and per layer
-        if finite or self.monitor.halt_on == "never":
-            return step, self.monitor.log_step_later(step, unpack)
-        return step, self.monitor.log_step(step, **unpack())
+        if finite or self.monitor.halt_on == "never" or self._recovery is not None:
+            return step, self.monitor.log_step_later(step, unpack), finite
+        return step, self.monitor.log_step(step, **unpack()), finite
 
     def _register(self, inst: Instrumentation) -> None:
         if len(inst.observed) != self._registered:
@@ -210,6 +254,31 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             self.monitor.register(
                 layers=inst.table(), dtype_policy=_dtype_policy(self.model), stable_loss=_stable_loss(self.model)
             )
+
+    def _verdict(self, step: int, finite: bool, snapshot: bool) -> Halt | None:
+        """The service's halt for ``step`` where the callback waits for it (``lockstep_timeout`` at most):
+        in lockstep, and under recovery before a snapshot (a copy only of a state the service passed) and
+        after a non-finite step, which halts here when the service has no halt for recovery to answer."""
+        recovering = self._recovery is not None
+        if not (self.lockstep or (recovering and (snapshot or not finite))):
+            return None
+        halt = self.monitor.sync(step, timeout=self.lockstep_timeout)
+        if halt is None and recovering and not finite and self.monitor.halt_on != "never":
+            reason = f"non-finite loss or gradient norm at step {step}, and no halt from the service to recover from"
+            return Halt(reason, step, "client")
+        return halt
+
+    def _answer(self, halt: Halt, step: int) -> None:
+        """Recover from a detector's halt while recoveries are left; otherwise stop."""
+        recovery = self._recovery
+        if recovery is None or halt.source != "detector" or not recovery.left:
+            self._stop(halt)
+            return
+        details = recovery.roll_back(step)
+        message = recovery.describe(step, details)
+        self.monitor.report_event(step, "recovery", message, command_id=halt.command_id or "", **details)
+        self.recoveries.append({"step": step, "reason": halt.reason, **details})
+        self._log.warning("nanwatch: run %s: %s (for: %s)", self.monitor.run_id, message, halt.reason)
 
     def _stop(self, halt: Halt) -> None:
         self.halted = halt

@@ -6,24 +6,24 @@ Four instance attributes are wrapped, none rewritten; each wrapper calls the ori
   forward pass reaches them (that order is the layer table);
 - ``model.compute_loss``: remembers the batch's own loss (``train_step`` calls it via ``_compute_loss``);
 - ``optimizer.apply`` (``apply_gradients`` calls it): remembers the gradients, the learning rate, the
-  loss scale and each weight just before and just after the update;
+  loss scale and each weight just before and just after the update, and runs the update under the guard
+  (``_guard``: not at all when it would be non-finite);
 - ``model.train_step``: brackets one step; after it, what was remembered becomes the step vector (see
-  ``_trace`` and ``_vector``), or on a light step the raw vector of its bare reductions, which the host
-  finishes into the step vector (``_raw``). The step returns it as one more output beside its logs,
-  which a wrapper of ``model.train_function`` takes out before Keras sees the logs: the callback then
-  reads an output the step already produced instead of running an eager variable read (about 0.1 ms per
-  step on CPU). Under
+  ``_trace`` and ``_vector``). The step returns it as one more output beside its logs, which a wrapper of
+  ``model.train_function`` takes out before Keras sees the logs: the callback then reads an output the
+  step already produced instead of running an eager variable read (about 0.1 ms per step on CPU). Under
   ``steps_per_execution > 1`` (steps fold into one vector) and with several replicas (Keras would average
   them), the vector is assigned to a pre-created variable instead and read from there.
 
-Under an ``activation_stride`` other than 1 Keras' train function is built twice from the wrapped step: a
-light one that measures only the every-step statistics, and a detail one; the wrapper of
-``train_function`` calls the detail one on the steps its ``_stride.Schedule`` picks (every k-th, or under
-``"auto"`` as often as their measured extra time allows) and times the calls for it. Nothing of the
-details is then in the light step's graph (an in-graph switch would leave ``tf.cond``s, a step counter and
-the untaken branch's ops in every step: about 1.5 % of a short CPU step). The price is a second trace of
-the step when ``fit`` starts. Under ``steps_per_execution > 1``, whose steps run inside one call, an
-in-graph step counter chooses instead (every k-th step; "auto" keeps its first stride, 10).
+Under an ``activation_stride`` other than 1 Keras' train function is built twice from the wrapped step
+(``_train_function``, the only use of Keras' private API): a light one that measures only the every-step
+statistics, and a detail one; the wrapper of ``train_function`` calls the detail one on the steps its
+``_stride.Schedule`` picks (every k-th, or under ``"auto"`` as often as their measured extra time allows)
+and times the calls for it. Nothing of the details is then in the light step's graph (an in-graph switch
+would leave ``tf.cond``s, a step counter and the untaken branch's ops in every step: about 1.5 % of a short
+CPU step). The price is a second trace of the step when ``fit`` starts. Under ``steps_per_execution > 1``,
+whose steps run inside one call, an in-graph step counter chooses instead (every k-th step; "auto" keeps
+its first stride, 10).
 
 The reductions are added where their tensors are made (a layer's output in its ``call``, the gradients
 before the update), so no big tensor lives longer because of nanwatch. All of this happens while
@@ -45,7 +45,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nanwatch.keras import _activations, _layers, _raw, _reductions, _stride, _trace, _vector
+from nanwatch.keras import _activations, _guard, _layers, _reductions, _stride, _trace, _train_function, _vector
+from nanwatch.keras._trace import Details
 
 _MISSING = object()
 _VECTOR_KEY = "__nanwatch_step_vector__"  # the step's extra output, removed before Keras sees the logs
@@ -54,20 +55,21 @@ _VECTOR_KEY = "__nanwatch_step_vector__"  # the step's extra output, removed bef
 class Instrumentation:
     """The patches and device variables of one model's instrumented ``fit``."""
 
-    finish_on_host = True  # light steps return their raw reductions (``_raw``); tests compare both ways
-
     def __init__(
         self,
         model: keras.Model,
         *,
         activation_stats: bool,
         activation_stride: int | str,
+        guard: bool,
         logger: logging.Logger,
         warned: set[str] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = model.optimizer
         self.activation_stats = activation_stats
+        self.guard = guard
+        self._serial = _guard.Serial()
         self.schedule = _stride.Schedule(activation_stride)
         self.stride = self.schedule.stride  # the in-graph counter's (chunks), fixed when traced
         self._log = logger
@@ -86,12 +88,10 @@ class Instrumentation:
         self.stats, self.step = self._make_variables()
         self.tops = _tops_every_step(model, self._bounds.values())  # besides detail steps (every step at stride 1)
         self._vector: Any = None  # the step vector the last train_function call returned, if it did
-        self._vector_raw = False  # whether it is a light step's raw vector (``_raw``), to finish on the host
-        self.raw_layout: _raw.RawLayout | None = None  # the light step's, once traced
-        # what decides a step's details: always (no stride), the host (a light and a detail function), or
-        # an in-graph counter (chunks, whose steps all run inside one call)
-        split = not self.chunked and _can_build_functions(model)
-        self.detail: bool | None = True if self.stride == 1 else False if split else None
+        # the main train function's details: every step (stride 1), none (the host calls a second, detail
+        # function on detail steps), or an in-graph counter's pick (chunks, whose steps run inside one call)
+        split = not self.chunked and _train_function.can_build(model)
+        self.details = Details.EVERY if self.stride == 1 else Details.NONE if split else Details.COUNTED
         self._next_step = 0  # the global step of the next train_function call (host-decided details)
         self.last_detail = False  # whether the last train_function call took the details
         self._timing: tuple[float, bool] | None = None  # (called at, detail) of a call to time, if any
@@ -108,15 +108,16 @@ class Instrumentation:
                 self._patch(layer, "call", self._wrap_passing(layer.call))
         self._patch(self.model, "compute_loss", self._wrap_loss(self.model.compute_loss))
         self._patch(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
+        if self.guard and not self.lso:
+            self._patch(self.optimizer, "update_step", self._serial.wrap(self.optimizer.update_step))
         step = self.model.train_step
-        if self.detail is False:  # Keras' own train function around each variant of the wrapped step
-            light = self.model._make_function(self._wrap_step(step, False))
-            detailed = self.model._make_function(self._wrap_step(step, True))
-            self.model.train_function = self._wrap_function(light, detailed)
+        if self.details is Details.NONE:  # Keras' own train function around each variant of the wrapped step
+            light = _train_function.build(self.model, self._wrap_step(step, Details.NONE))
+            detailed = _train_function.build(self.model, self._wrap_step(step, Details.EVERY))
+            _train_function.install(self.model, self._wrap_function(light, detailed))
         else:
-            self._patch(self.model, "train_step", self._wrap_step(step, self.detail))
-            self.model.make_train_function(force=True)
-            self.model.train_function = self._wrap_function(self.model.train_function, None)
+            self._patch(self.model, "train_step", self._wrap_step(step, self.details))
+            _train_function.install(self.model, self._wrap_function(_train_function.rebuild(self.model), None))
 
     def restore(self) -> None:
         """Undo every patch (idempotent) and drop the instrumented step so the next fit retraces."""
@@ -126,7 +127,7 @@ class Instrumentation:
                 obj.__dict__.pop(name, None)
             else:
                 setattr(obj, name, previous)
-        self.model.make_train_function(force=True)
+        _train_function.rebuild(self.model)
 
     def _patch(self, obj: Any, name: str, wrapper: Any) -> None:
         self._patched.append((obj, name, obj.__dict__.get(name, _MISSING)))
@@ -142,41 +143,35 @@ class Instrumentation:
 
     # ------------------------------------------------------------------ host side
 
-    def read(self) -> tuple[np.ndarray, bool]:
-        """The vector of the last ``train_function`` call and whether it is a light step's raw vector
-        (``_raw``; else the step vector); starts a new chunk."""
+    def read(self) -> np.ndarray:
+        """The step vector of the last ``train_function`` call; starts a new chunk."""
         returned, self._vector = self._vector, None
         timing, self._timing = self._timing, None
         if timing is not None:  # the vector is read once the step has run: time it (``_stride``)
             self.schedule.timed(time.perf_counter() - timing[0], timing[1])
         if returned is not None:
-            return np.asarray(returned), self._vector_raw
+            return np.asarray(returned)
         vec = np.array(self.stats.numpy())  # a copy: the variable is reset below and written next step
         if self.chunked:
             self.stats.assign(tf.zeros([self.layout.size]))
-        return vec, False
+        return vec
 
-    def head(self, vec: np.ndarray, raw: bool) -> tuple[int, float, float]:
+    def head(self, vec: np.ndarray) -> tuple[int, float, float]:
         """The number of steps ``vec`` covers, its loss and its global gradient norm (Python values)."""
-        if raw:
-            assert self.raw_layout is not None
-            return (1, *self.raw_layout.head(vec))
         head = self.layout.head(vec)
         return max(int(head[_vector.STEPS]), 1), head[_vector.LOSS], head[_vector.GRAD_NORM]
 
-    def unpacker(self, vec: np.ndarray, raw: bool) -> Callable[[], dict[str, Any]]:
+    def unpacker(self, vec: np.ndarray) -> Callable[[], dict[str, Any]]:
         """What turns ``vec`` into ``Monitor.log_step`` keyword arguments (on the monitor's sender thread)."""
-        n, layout, raw_layout = len(self.observed), self.layout, self.raw_layout
-        options = {"loss_scale": self.loss_scaled, "skips": self.lso}
-        if raw and raw_layout is not None:
-            return lambda: layout.unpack(raw_layout.finish(vec, layout), n, **options)
+        n, layout = len(self.observed), self.layout
+        options = {"loss_scale": self.loss_scaled, "skips": self.lso or self.guard}
         return lambda: layout.unpack(vec, n, **options)
 
     def set_step(self, step: int) -> None:
         """The global step of the next training step (drives ``activation_stride``)."""
         self._next_step = step
         self.schedule.start(step)
-        if self.detail is None:
+        if self.details is Details.COUNTED:
             self.step.assign(step)
 
     def table(self) -> list[dict[str, Any]]:
@@ -257,20 +252,31 @@ class Instrumentation:
                                "(without variables, or inside a tf.cond); gradients are not reported",
                                type(self.optimizer).__name__)  # fmt: skip
                 return original(grads, trainable_variables)
-            grads = self._before_apply(trace, list(grads), variables)
-            result = original(grads, trainable_variables)
+            guarded = self.guard and not self.lso and _guard.available()
+            grads = self._before_apply(trace, list(grads), variables, ordered=not guarded)
+            if trace.grads is not None and guarded:
+                trace.updated = _guard.finite_update(trace.grads.squares, trace.lr)
+                self._serial.start()
+                _guard.apply_if(trace.updated, lambda: original(grads, trainable_variables))
+                result = None  # Keras' apply returns nothing
+            else:
+                self._warn_unguarded()
+                result = original(grads, trainable_variables)
             if trace.detail is not False:  # weight and update norms are detail statistics
                 trace.new = [tf.convert_to_tensor(v) for v in variables]
             return result
 
         return apply
 
-    def _before_apply(self, trace: _trace.StepTrace, grads: list[Any], variables: list[Any]) -> list[Any]:
+    def _before_apply(
+        self, trace: _trace.StepTrace, grads: list[Any], variables: list[Any], *, ordered: bool
+    ) -> list[Any]:
         """Measure the gradients and read the weights before the update; return the gradients to apply.
 
-        Each gradient reaches the optimizer only after its own reduction, and nothing else of ours reads
-        it (no scale-safe ``tf.cond``, see ``_reductions.gradient_stats``): then the optimizer's element-
-        wise ops reuse the gradient's buffer in place as they do without nanwatch. On CPU a fresh buffer
+        ``ordered``: each gradient reaches the optimizer only after its own reduction (under the guard it
+        waits for all of them anyway), and nothing else of ours reads it (no scale-safe ``tf.cond``, see
+        ``_reductions.gradient_stats``): then the optimizer's element-wise ops reuse the gradient's buffer
+        in place as they do without nanwatch. On CPU a fresh buffer
         per op (an mmap and its page faults above 128 KiB) costs far more than the reduction; measured on
         the benchmark MLP, either a shared reference or a barrier before all updates doubled the overhead.
         """
@@ -281,14 +287,17 @@ class Instrumentation:
         trace.old = None if trace.detail is False else self._read_old(variables, trace.detail)
         trace.weight_slots = slots
         trace.lr = tf.cast(self.optimizer.learning_rate, tf.float32)
+        # the loss scale this step uses is read before the update, and the guard's tf.cond must not make variables
+        _train_function.build_optimizer(self.optimizer, variables)
         if self.lso:
-            self._build_optimizer(variables)
             trace.scale = tf.convert_to_tensor(self.optimizer.dynamic_scale)
         elif getattr(self.optimizer, "loss_scale_factor", None) is not None:
             trace.scale = tf.constant(float(self.optimizer.loss_scale_factor))
         if not present:
             return grads
         trace.grads = _reductions.gradient_stats(present, trace.detail, safe=False)
+        if not ordered:
+            return grads
         squares = iter(trace.grads.squares)
         return [_after(g, next(squares)) if g is not None else g for g in grads]
 
@@ -305,13 +314,10 @@ class Instrumentation:
         empty = [tf.zeros([0] * len(v.shape), v.dtype) for v in variables]
         return list(tf.cond(detail, lambda: [tf.identity(v) for v in variables], lambda: empty))
 
-    def _build_optimizer(self, variables: list[Any]) -> None:
-        """Build the optimizer as its ``apply`` would (Keras builds it on the first trace), so that the
-        loss scale this step uses can be read before the update."""
-        if not self.optimizer.built:
-            with keras.name_scope(self.optimizer.name, caller=self.optimizer):
-                self.optimizer.build(variables)
-            self.optimizer.built = True
+    def _warn_unguarded(self) -> None:
+        if self.guard and not self.lso and not _guard.available():
+            self.warn_once("guard", "nanwatch: %s cannot update under a tf.cond; the guard is off and a "
+                           "non-finite update reaches the weights", tf.distribute.get_strategy())  # fmt: skip
 
     def _wrap_function(self, original: Callable[..., Any], detailed: Callable[..., Any] | None) -> Callable[..., Any]:
         """Keras' train function(s): ``detailed``, when given, runs instead of ``original`` on the steps
@@ -326,23 +332,20 @@ class Instrumentation:
                 self._timing = (time.perf_counter(), detail) if detail in self._traced else None
                 self._traced.add(detail)
             logs = (detailed if detailed is not None and detail else original)(iterator)
-            # after the call: a light function's first call traces it, and only a split's light one is raw
-            raw = not detail and self.raw_layout is not None
             if isinstance(logs, dict) and _VECTOR_KEY in logs:
                 logs = dict(logs)
-                self._vector, self._vector_raw = logs.pop(_VECTOR_KEY), raw
+                self._vector = logs.pop(_VECTOR_KEY)
             return logs
 
         return train_function
 
-    def _wrap_step(self, original: Callable[..., Any], detail: bool | None) -> Callable[..., Any]:
-        """The recording train step; ``detail``: whether it measures the details (None: the in-graph
-        step counter decides, step by step)."""
+    def _wrap_step(self, original: Callable[..., Any], details: Details) -> Callable[..., Any]:
+        """The recording train step, measuring the details on the steps ``details`` says."""
 
         def train_step(data: Any) -> Any:
             eager = tf.executing_eagerly()
             trace = _trace.StepTrace(graph=None if eager else tf.compat.v1.get_default_graph(), eager=eager)
-            trace.detail = tf.equal(self.step.read_value() % self.stride, 0) if detail is None else detail
+            trace.detail = details.in_step(self.step, self.stride)
             self._trace = trace
             try:
                 logs = original(data)
@@ -350,8 +353,6 @@ class Instrumentation:
                 self._trace = None
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             returned = isinstance(logs, dict) and not self.chunked and replicas == 1
-            if returned and detail is False and self.finish_on_host:  # a split's light step (only it has False)
-                return {**logs, _VECTOR_KEY: self._raw_vector(trace)}
             vector = self._record(trace)
             if returned:
                 return {**logs, _VECTOR_KEY: vector}
@@ -361,26 +362,6 @@ class Instrumentation:
         return train_step
 
     # ------------------------------------------------------------------ the step vector
-
-    def _raw_vector(self, trace: _trace.StepTrace) -> tf.Tensor:
-        """A light step's raw vector (``_raw``), finished on the host; remembers its layout."""
-        self._warn_missing(trace)
-        trace.settle()  # its activation matrix goes unused: TensorFlow prunes it from the function
-        observed = trace.observed
-        squares = trace.grads.squares if trace.grads is not None else ()
-        scalars = [s for s in (trace.loss, trace.lr if trace.applied else None, trace.scale) if s is not None]
-        self.raw_layout = _raw.RawLayout.of(
-            self.layout.slots,
-            has_loss=trace.loss is not None,
-            applied=trace.applied and trace.lr is not None,
-            scaled=trace.scale is not None,
-            lso=self.lso,
-            grad_slots=trace.slots if trace.grads is not None else (),
-            act_slots=[o.slot for o in observed],
-            act_sources=[o.sources for o in observed],
-            width=int(observed[0].quick.shape[-1]) if observed else 1,
-        )
-        return _raw.RawLayout.tensor(scalars, squares, [o.output for o in observed], [o.quick for o in observed])
 
     def _record(self, trace: _trace.StepTrace) -> tf.Tensor:
         self._warn_missing(trace)
@@ -421,12 +402,6 @@ def _after(grad: Any, reduction: tf.Tensor) -> Any:
         return grad
     with tf.control_dependencies([reduction]):
         return tf.identity(grad)
-
-
-def _can_build_functions(model: keras.Model) -> bool:
-    """Whether Keras can build a train function around a step function of ours (the TensorFlow
-    trainer's ``_make_function``); without it the in-graph step counter decides the details."""
-    return callable(getattr(model, "_make_function", None))
 
 
 def _tops_every_step(model: keras.Model, bounds: Any) -> bool:

@@ -10,6 +10,8 @@ the run's layer table.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, Final
 
 from nanwatch import protocol
@@ -110,6 +112,25 @@ BATCH_BODY: dict[str, Any] = _object(
         },
         "dropped": {**_COUNT, "description": "records the client dropped so far"},
         "final": {"type": "boolean", "description": "the job ended; the run reads as finished"},
+        "events": {
+            "type": "array",
+            "maxItems": 1000,
+            "description": "events the job reports itself (a recovery), stored with the run's events",
+            "items": _object(
+                {
+                    "step": _COUNT,
+                    "kind": {"type": "string", "pattern": f"^{protocol.EVENT_KIND_PATTERN.pattern}$"},
+                    "message": {"type": "string", "maxLength": 4096},
+                    "details": {
+                        "type": "object",
+                        "maxProperties": 64,
+                        "propertyNames": {"maxLength": 64},
+                        "additionalProperties": {"type": ["number", "string"], "maxLength": 1024},
+                    },
+                },
+                required=("step", "kind"),
+            ),
+        },
     }
 )
 
@@ -141,6 +162,13 @@ ALERTMANAGER_BODY: dict[str, Any] = {
         },
     },
 }
+
+
+def list_pattern(names: Sequence[str]) -> str:
+    """The pattern of a comma-separated list of ``names`` (a ``fields`` query), for the OpenAPI schema and
+    FastAPI's validation alike: anything else is a 422 naming the parameter."""
+    one = f"(?:{'|'.join(re.escape(name) for name in names)})"
+    return f"^{one}(?:,{one})*$"
 
 
 def request_body(schema: dict[str, Any], *, msgpack: bool = True) -> dict[str, Any]:

@@ -13,13 +13,15 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from nanwatch_service.api import errors
 from nanwatch_service.api.codec import respond
 from nanwatch_service.api.deps import ERRORS, EngineDep, ReaderRole, VisibleRunId
+from nanwatch_service.api.schemas import list_pattern
 from nanwatch_service.detectors.history import FORECAST_FIELDS, steps_to_nonfinite
 from nanwatch_service.detectors.run_info import RunInfo
 from nanwatch_service.downsample import downsample, top_layers
 from nanwatch_service.engine import Engine, UnknownRun
-from nanwatch_service.store.base import SERIES_FIELDS, Column
+from nanwatch_service.store.base import BIGGEST, SERIES_FIELDS, Column
 
 router = APIRouter(prefix="/v1/runs/{run_id}/series", tags=["series"])
 
@@ -32,10 +34,16 @@ async def read_series(
     run_id: VisibleRunId,
     request: Request,
     engine: EngineDep,
-    fields: Annotated[str, Query(description=f"comma-separated, from: {', '.join(FIELDS)}")] = "loss,grad_norm",
+    fields: Annotated[
+        str,
+        Query(
+            description=f"comma-separated, from: {', '.join(FIELDS)}",
+            json_schema_extra={"pattern": list_pattern(FIELDS)},  # documented; checked below, by name
+        ),
+    ] = "loss,grad_norm",
     points: Annotated[int, Query(ge=1, le=20_000, description="step ranges to cut the history into")] = 1000,
-    start: Annotated[int | None, Query(ge=0, description="first step (inclusive)")] = None,
-    end: Annotated[int | None, Query(ge=0, description="last step (inclusive)")] = None,
+    start: Annotated[int | None, Query(ge=0, le=BIGGEST, description="first step (inclusive)")] = None,
+    end: Annotated[int | None, Query(ge=0, le=BIGGEST, description="last step (inclusive)")] = None,
     attempt: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
     top: Annotated[
         int | None, Query(ge=1, le=1024, description="per-layer fields: only the k layers most worth plotting")
@@ -52,11 +60,12 @@ async def read_series(
 
 
 def _parse_fields(fields: str) -> tuple[str, ...]:
-    chosen = tuple(dict.fromkeys(f.strip() for f in fields.split(",") if f.strip()))
+    """The fields asked for, each once; a 422 naming the unknown ones and the choices."""
+    chosen = tuple(dict.fromkeys(fields.split(",")))
     unknown = [f for f in chosen if f not in FIELDS]
-    if unknown or not chosen:
-        detail = f"unknown or no field(s) {', '.join(unknown)}; choose from {', '.join(FIELDS)}"
-        raise HTTPException(422, detail=[{"loc": ["query", "fields"], "field": "fields", "msg": detail}])
+    if unknown:
+        message = f"unknown field(s) {', '.join(unknown)}; choose from {', '.join(FIELDS)}"
+        raise HTTPException(422, detail=errors.detail("fields", message, where="query"))
     return chosen
 
 
@@ -70,7 +79,10 @@ def _series(engine: Engine, run_id: str, fields: tuple[str, ...], query: dict[st
         stored = list(dict.fromkeys([*stored, *FORECAST_FIELDS]))
         # the forecast at ``start`` looks back over the window before it
         start = None if start is None else max(0, start - engine.settings.window)
-    steps, columns = engine.store.read_series(run_id, stored, start=start, end=query["end"], attempt=query["attempt"])
+    width = len(spec.get("layers", []))  # older chunks over another layer table read their statistics absent
+    steps, columns = engine.store.read_series(
+        run_id, stored, start=start, end=query["end"], attempt=query["attempt"], n_layers=width
+    )
     if FORECAST in fields:
         forecast = steps_to_nonfinite(spec, steps, columns, engine.settings.window)
         columns[FORECAST] = (forecast, np.isfinite(forecast))

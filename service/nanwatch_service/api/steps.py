@@ -11,14 +11,13 @@ from starlette.concurrency import run_in_threadpool
 from nanwatch import protocol
 from nanwatch_service.api.codec import read_message, respond
 from nanwatch_service.api.deps import BODY_ERRORS, ERRORS, EngineDep, ReaderRole, SettingsDep, VisibleRunId, WriterRole
-from nanwatch_service.api.schemas import BATCH_BODY, request_body
+from nanwatch_service.api.schemas import BATCH_BODY, list_pattern, request_body
 from nanwatch_service.store.base import BIGGEST
 
 router = APIRouter(prefix="/v1/runs/{run_id}/steps", tags=["steps"])
 
 RECORD_FIELDS: Final = ("step", "skipped", "layers", *protocol.SCALAR_FIELDS)
-_FIELD = f"(?:{'|'.join(RECORD_FIELDS)})"
-FIELDS_PATTERN: Final = f"^{_FIELD}(?:,{_FIELD})*$"
+FIELDS_PATTERN: Final = list_pattern(RECORD_FIELDS)
 
 
 @router.post(

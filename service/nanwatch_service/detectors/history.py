@@ -56,6 +56,8 @@ def steps_to_nonfinite(
 ) -> FloatArray:
     """The forecast after each row: 0 at a row holding a non-finite value, +inf where nothing grows
     toward one. ``run`` is the decoded registration, ``columns`` hold :data:`FORECAST_FIELDS`."""
+    if not len(steps):
+        return np.empty(0)
     info = RunInfo(run)
     view = BatchView(info, Batch(_columns(steps, columns)), RunState(info, window), Settings(window=window))
     with np.errstate(all="ignore"):

@@ -7,7 +7,9 @@ never reaches the loss (swallowed later in the network) is still caught at its s
 
 Under a mixed-precision loss scaler, non-finite gradients on a step the scaler skipped are its normal
 operation (it halves the scale and retries), so they are not reported; the loss_scale detector watches
-the scale instead.
+the scale instead. A step skipped without a loss scaler is the job's guard keeping a non-finite update
+out of the weights (the Keras callback's, on by default): critical, whatever else the record holds, and
+said so, since the weights are still finite.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Nonfinite:
             what, detail, remedy = "weights", "after the update", _WEIGHTS
         else:
             layer, what, detail, remedy = -1, "global gradient norm", "", _GRADS.format(name="the model")
+        if _guard_skipped(view)[i]:
+            detail += "; the update was skipped, the weights are unchanged"
         return _make(run, step, layer, what, detail, remedy, _affected(act[i], grads[i], weights[i]))
 
 
@@ -89,7 +93,7 @@ def holds_nonfinite(view: BatchView) -> BoolArray:
     """Per record: whether it holds a non-finite value this detector would report."""
     act, loss, (grads, total), weights = _masks(view)
     any_bad: BoolArray = act.any(axis=1) | loss | grads.any(axis=1) | total | weights.any(axis=1)
-    return any_bad
+    return any_bad | _guard_skipped(view)
 
 
 Masks = tuple[BoolArray, BoolArray, tuple[BoolArray, BoolArray], BoolArray]
@@ -131,6 +135,12 @@ def _bad_loss(view: BatchView) -> BoolArray:
 def _scaler_skipped(view: BatchView) -> BoolArray:
     _, has_scale = view.batch.scalar("loss_scale")
     return view.batch.skipped & has_scale
+
+
+def _guard_skipped(view: BatchView) -> BoolArray:
+    _, has_scale = view.batch.scalar("loss_scale")
+    guarded: BoolArray = view.batch.skipped & ~has_scale
+    return guarded
 
 
 def _bad_gradients(view: BatchView) -> tuple[BoolArray, BoolArray]:

@@ -61,6 +61,8 @@ class RunProgress:
     attempt: str
     status: str | None = None
     halt: dict[str, Any] | None = None
+    clear_halt: bool = False
+    """The job recovered from the run's halt and carries on: its halt is cleared (``halt`` is ignored)."""
 
 
 @dataclass
@@ -157,7 +159,14 @@ class Store(Protocol):
         (see ``store.retention``), a group at a time; return how many chunk rows the run holds fewer."""
 
     def read_series(
-        self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
+        self,
+        run_id: str,
+        fields: Sequence[str],
+        *,
+        start: int | None,
+        end: int | None,
+        attempt: str | None = None,
+        n_layers: int | None = None,
     ) -> tuple[Steps, dict[str, Column]]:
         """The run's history as columns: ``(steps, {field: (values, present)})``, one row per record.
 
@@ -166,11 +175,13 @@ class Store(Protocol):
         ``steps`` (int64, shape ``(n,)``) need not be increasing. ``fields`` are names from
         :data:`SERIES_FIELDS`. Each field's ``values`` are float64: shape ``(n,)`` for a scalar
         (``skipped`` reads 1.0/0.0), shape ``(n, n_layers)`` for ``layers.<name>`` (``n_layers``: the
-        width of the run's latest stored chunk, its layer table's length); NaN and ±Inf that were sent
-        are kept bit for bit. ``present`` (bool, shape ``(n,)``) says which records hold the field; where
-        one does not (a light step without ``act_max_abs``) its values read NaN, which ``present`` tells
-        apart from a NaN that was sent. A field no record holds reads all absent; an unknown run reads as
-        empty (``n == 0``). Per-layer blobs are read only when a per-layer field is asked for.
+        run's layer table's length when given, else the width of its latest stored chunk; a chunk of
+        another width, from before the run registered a new table, reads its statistics absent); NaN and
+        ±Inf that were sent are kept bit for bit. ``present`` (bool, shape ``(n,)``) says which records
+        hold the field; where one does not (a light step without ``act_max_abs``) its values read NaN,
+        which ``present`` tells apart from a NaN that was sent. A field no record holds reads all absent;
+        an unknown run (or one without records) reads as empty, ``n == 0`` and no layers. Per-layer blobs
+        are read only when a per-layer field is asked for.
         """
 
     # events

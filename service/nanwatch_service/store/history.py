@@ -77,7 +77,14 @@ class StepHistory:
         return found[::-1]
 
     def read_series(
-        self, run_id: str, fields: Sequence[str], *, start: int | None, end: int | None, attempt: str | None = None
+        self,
+        run_id: str,
+        fields: Sequence[str],
+        *,
+        start: int | None,
+        end: int | None,
+        attempt: str | None = None,
+        n_layers: int | None = None,
     ) -> tuple[Steps, dict[str, Column]]:
         """Steps and each field's ``(values, present)`` over the run (see the Store protocol)."""
         with_layers = any(f.startswith("layers.") for f in fields)
@@ -85,7 +92,7 @@ class StepHistory:
             chunk.columns.take(_in_range(chunk.columns.steps, start, end))
             for chunk in self._chunks(run_id, with_layers, start, end, attempt)
         ]
-        width = parts[-1].n_layers if parts else 0
+        width = 0 if not parts else parts[-1].n_layers if n_layers is None else n_layers
         columns = StepColumns.concat(parts, n_layers=width)
         series = {}
         for name in fields:
@@ -186,9 +193,9 @@ class StepHistory:
 def _in_range(steps: np.ndarray, start: int | None, end: int | None) -> np.ndarray:
     keep = np.ones(len(steps), dtype=bool)
     if start is not None:
-        keep &= steps >= start
+        keep &= steps >= clamp(start)
     if end is not None:
-        keep &= steps <= end
+        keep &= steps <= clamp(end)
     return keep
 
 

@@ -57,7 +57,7 @@ _COMMAND_COLUMNS = (
 _PROGRESS = (
     "UPDATE runs SET last_seen = ?, last_step = COALESCE(?, last_step), health = ?, steps_to_nonfinite = ?,"
     " last_attempt = ?, records = records + ?, dropped = CASE WHEN dropped > ? THEN dropped ELSE ? END,"
-    " status = COALESCE(?, status), halt = COALESCE(?, halt) WHERE run_id = ?"
+    " status = COALESCE(?, status), halt = CASE WHEN ? THEN NULL ELSE COALESCE(?, halt) END WHERE run_id = ?"
 )
 
 
@@ -384,6 +384,7 @@ def _progress_row(write: IngestWrite) -> tuple[Any, ...]:
         p.dropped,
         p.dropped,
         p.status,
+        p.clear_halt,
         halt,
         write.run_id,
     )
