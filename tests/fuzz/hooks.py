@@ -10,9 +10,23 @@ import schemathesis
 
 @schemathesis.serializer("application/msgpack")
 def to_msgpack(ctx: Any, value: Any) -> bytes:
-    """Encode a generated body as the service's msgpack (bytes for bins, as the client sends them)."""
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    """Encode a generated body as the service's msgpack (bytes for bins, as the client sends them). msgpack
+    has no integer past 64 bits: a larger generated one travels as the float it rounds to (JSON bodies
+    carry them as they are, and the service refuses both the same way)."""
+    packed: bytes = msgpack.packb(_packable(value), use_bin_type=True)
     return packed
+
+
+def _packable(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _packable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_packable(v) for v in value]
+    return value
 
 
 @schemathesis.deserializer("application/msgpack")
