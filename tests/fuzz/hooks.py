@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -21,7 +22,7 @@ def _packable(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and not -(2**63) <= value < 2**64:
-        return float(value)
+        return float(value) if abs(value) < 2**1023 else math.copysign(math.inf, value)
     if isinstance(value, dict):
         return {k: _packable(v) for k, v in value.items()}
     if isinstance(value, list):
