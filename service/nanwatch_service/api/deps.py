@@ -23,13 +23,14 @@ from nanwatch_service.engine import Engine, UnknownRun
 from nanwatch_service.settings import Settings
 
 
-def get_engine(request: Request) -> Engine:
-    """The app's engine, built in the lifespan."""
+async def get_engine(request: Request) -> Engine:
+    """The app's engine, built in the lifespan. Every dependency here is ``async def``, though none
+    awaits: FastAPI runs a plain ``def`` one in the thread pool, a hand-off per request on the ingest path."""
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings

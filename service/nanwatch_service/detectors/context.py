@@ -102,26 +102,39 @@ class BatchView:
         """Per record: robust z of ``name`` above ``threshold`` and the value past the window's tail
         (see :func:`robust.beyond_tail`), so that a steady heavy tail does not count as a spike.
 
-        Past the tail means at least the window's largest value; when no record reaches the largest value
-        of the stretch of history every record's window holds (the usual case), none can spike, and the
-        z-scores are not computed."""
-        if not self._may_pass_tail(name):
-            return np.zeros(self.n, dtype=bool)
+        Past the tail means at least the window's largest value: a record below the largest value of the
+        stretch of history every record's window holds cannot spike, and its z is not computed (when no
+        record reaches it, the usual case, none is)."""
+        candidates = self._may_pass_tail(name)
+        if not candidates.any():
+            return candidates
+        settings = self.settings
+        z = robust.robust_z(
+            self.series(name),
+            self.n,
+            settings.window,
+            min_history=settings.min_history,
+            scale_floor=scale_floor,
+            relative_floor=relative_floor,
+            only=candidates,
+        )
         with np.errstate(invalid="ignore"):
-            spike = self.z(name, scale_floor, relative_floor) > threshold
+            spike: BoolArray = z > threshold
         rows = np.flatnonzero(spike)
         if len(rows):
-            spike[rows] = robust.beyond_tail(self.series(name), self.n, self.settings.window, rows)
+            spike[rows] = robust.beyond_tail(self.series(name), self.n, settings.window, rows)
         return spike
 
-    def _may_pass_tail(self, name: str) -> bool:
+    def _may_pass_tail(self, name: str) -> BoolArray:
+        """Per record: whether it reaches the largest value of the history every record's window holds."""
         series, n, width = self.series(name), self.n, self.settings.window
         shared = series[max(0, len(series) - 1 - width) : len(series) - n]  # in every record's window
         peak = np.fmax.reduce(shared) if n <= width and len(shared) else np.nan  # fmax: NaN only if all are
         if np.isnan(peak):
-            return True
+            return np.ones(n, dtype=bool)
         with np.errstate(invalid="ignore"):
-            return bool((series[-n:] >= peak).any())
+            reach: BoolArray = series[-n:] >= peak
+        return reach
 
     def last_increment(self, name: str) -> FloatArray:
         """Per record, its value of ``name`` minus the one before (NaN where either is missing)."""

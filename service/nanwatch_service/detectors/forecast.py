@@ -69,8 +69,8 @@ def steps_to_limit(log_series: FloatArray, n: int, log_limit: float, window: int
     """Forecast for each of the last ``n`` values of ``log_series``: steps until it reaches ``log_limit``."""
     longest = max(trend.span for trend in TRENDS)
     steps = np.full(n, np.inf)
-    if not _rose_enough(log_series[-(n + longest) :]):
-        return steps  # the usual case: nothing grew 10x over the stretch these records look back on
+    if not _rose_enough(log_series[-(n + longest) :], longest):
+        return steps  # the usual case: nothing grew 10x within the stretch any record looks back on
     values = trailing(log_series, n, longest + 1, include_current=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         increments = np.diff(values, axis=1)
@@ -83,10 +83,13 @@ def steps_to_limit(log_series: FloatArray, n: int, log_limit: float, window: int
     return steps
 
 
-def _rose_enough(tail: FloatArray) -> bool:
-    """Whether the positive steps of ``tail`` add up to ``MIN_RISE``: no trend rises more than that."""
+def _rose_enough(tail: FloatArray, span: int) -> bool:
+    """Whether the positive steps within some ``span`` consecutive increments of ``tail`` add up to
+    ``MIN_RISE``: no trend over at most ``span`` increments rises more than its positive steps."""
     increments = np.diff(tail)
-    return float(np.sum(increments[increments > 0])) >= MIN_RISE
+    gains = np.concatenate([[0.0], np.cumsum(np.where(increments > 0, increments, 0.0))])
+    within = gains[span:] - gains[:-span] if len(gains) > span else gains[-1:]
+    return bool(within.max() >= MIN_RISE)
 
 
 def _growing(log_series: FloatArray, n: int, window: int, increments: FloatArray, trend: Trend) -> npt.NDArray[np.intp]:

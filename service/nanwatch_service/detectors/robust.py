@@ -45,9 +45,17 @@ def nan_median_rows(
 
 
 def robust_z(
-    series: FloatArray, n: int, window: int, *, min_history: int, scale_floor: float, relative_floor: float = 0.0
+    series: FloatArray,
+    n: int,
+    window: int,
+    *,
+    min_history: int,
+    scale_floor: float,
+    relative_floor: float = 0.0,
+    only: npt.NDArray[np.bool_] | None = None,
 ) -> FloatArray:
-    """Robust z of each of the last ``n`` values against the ``window`` values before it.
+    """Robust z of each of the last ``n`` values against the ``window`` values before it (of those ``only``
+    marks, when given; NaN for the others).
 
     ``(x - median) / max(1.4826 * MAD, scale_floor, relative_floor * |median|)``; NaN until ``min_history``
     finite values precede (the warm-up), and for a current value that is NaN. The floors keep a flat
@@ -55,7 +63,7 @@ def robust_z(
     """
     current = series[len(series) - n :]
     z = np.full(n, np.nan)
-    todo = ~np.isnan(current)
+    todo = ~np.isnan(current) if only is None else ~np.isnan(current) & only
     if not todo.any():
         return z
     # float32 halves the cost of the sorts; a robust z needs nowhere near 7 significant digits
