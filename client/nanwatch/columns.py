@@ -79,7 +79,10 @@ class StepColumns:
         return everywhere
 
     def take(self, rows: npt.NDArray[np.intp] | BoolArray | slice) -> StepColumns:
-        """The records ``rows`` (an index, a mask or a slice), in their order."""
+        """The records ``rows`` (an index, a mask or a slice), in their order; these very columns when a
+        mask keeps every record (no copy)."""
+        if isinstance(rows, np.ndarray) and rows.dtype == np.bool_ and rows.all() and len(rows) == self.n:
+            return self
         present = None if self.present is None else self.present[rows]
         return StepColumns(
             self.steps[rows], self.scalar_names, self.scalars[rows], self.layer_names, self.layers[rows], present

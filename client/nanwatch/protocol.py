@@ -609,16 +609,18 @@ def encode_batch(
     return dumps({"protocol": 2, **batch, **columns_to_wire(columns)}, MSGPACK), MSGPACK
 
 
-def columns_to_wire(columns: StepColumns) -> dict[str, Any]:
-    """The protocol-2 fields that carry ``columns`` (packed little-endian arrays and their names)."""
+def columns_to_wire(columns: StepColumns, *, layers: bool = True) -> dict[str, Any]:
+    """The protocol-2 fields that carry ``columns`` (packed little-endian arrays and their names);
+    ``layers=False`` leaves out ``layer_values`` (a store keeps that array apart)."""
     wire: dict[str, Any] = {
         "steps": columns.steps.astype("<i8").tobytes(),
         "scalars": list(columns.scalar_names),
         "scalar_values": np.ascontiguousarray(columns.scalars, dtype=FLOAT_DTYPE).tobytes(),
         "layer_stats": list(columns.layer_names),
         "n_layers": columns.n_layers,
-        "layer_values": np.ascontiguousarray(columns.layers, dtype=FLOAT_DTYPE).tobytes(),
     }
+    if layers:
+        wire["layer_values"] = np.ascontiguousarray(columns.layers, dtype=FLOAT_DTYPE).tobytes()
     if columns.present is not None:
         wire["present"] = columns.present.astype(np.uint8).tobytes()
     return wire

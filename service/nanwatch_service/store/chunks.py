@@ -40,13 +40,14 @@ class StoredChunk:
         return self.id * SEQ_STRIDE + np.arange(self.columns.n, dtype=np.int64)
 
 
-def pack(columns: StepColumns) -> tuple[bytes, bytes]:
-    """The ``head`` blob (steps, scalar names and values, every column's presence) and the ``layers``
-    blob (the per-layer statistics, steps × layers × statistics) of a chunk."""
-    wire = protocol.columns_to_wire(columns)
-    head = {k: wire[k] for k in ("steps", "scalars", "scalar_values", "layer_stats", "present") if k in wire}
-    layers = {k: wire[k] for k in ("n_layers", "layer_values")}
-    return msgpack.packb(head, use_bin_type=True), msgpack.packb(layers, use_bin_type=True)
+def pack(columns: StepColumns) -> tuple[bytes, memoryview]:
+    """The ``head`` blob (a msgpack map: steps, scalar names and values, statistic names, the layer count,
+    every column's presence) and the ``layers`` blob (the per-layer statistics as they travel in protocol 2:
+    little-endian float64, steps × layers × statistics, with no wrapping, so a batch's own array is
+    written as it came)."""
+    wire = protocol.columns_to_wire(columns, layers=False)
+    layers = np.ascontiguousarray(columns.layers, dtype=protocol.FLOAT_DTYPE)
+    return msgpack.packb(wire, use_bin_type=True), layers.reshape(-1).view(np.uint8).data
 
 
 def unpack(head: bytes | memoryview, layers: bytes | memoryview | None) -> StepColumns:
@@ -55,7 +56,7 @@ def unpack(head: bytes | memoryview, layers: bytes | memoryview | None) -> StepC
     if layers is None:
         message.update(n_layers=0, layer_values=b"", layer_stats=[], present=_scalars_only(message))
     else:
-        message.update(msgpack.unpackb(bytes(layers), raw=False))
+        message["layer_values"] = bytes(layers)
     return protocol.decode_steps({"protocol": 2, **message}).columns
 
 

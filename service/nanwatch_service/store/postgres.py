@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS step_chunks (
     received_at DOUBLE PRECISION NOT NULL, head BYTEA NOT NULL, layers BYTEA NOT NULL,
     compacted SMALLINT NOT NULL DEFAULT 0, PRIMARY KEY (run_id, id)
 );
+-- packed float64 hardly compresses: storing the blobs out of line uncompressed saves TOAST's pglz pass
+ALTER TABLE step_chunks ALTER COLUMN head SET STORAGE EXTERNAL, ALTER COLUMN layers SET STORAGE EXTERNAL;
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL, id BIGINT GENERATED ALWAYS AS IDENTITY, detector TEXT NOT NULL,
     severity TEXT NOT NULL, layer TEXT, state TEXT NOT NULL, first_step BIGINT NOT NULL,
