@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from .base import fmt, hits
 from .context import BatchView
 from .finding import Finding
@@ -40,9 +38,8 @@ class ZeroVariance:
             return []
         zero_rows, _ = view.batch.layer("act_frac_zero_var")
         std, _ = view.batch.layer("act_std")
-        with np.errstate(invalid="ignore"):
-            partial = (zero_rows > self.fraction) & (zero_rows < 1.0) & watched
-            collapsed = (std == 0.0) & view.varied_before() & watched & ~partial
+        partial = (zero_rows > self.fraction) & (zero_rows < 1.0) & watched
+        collapsed = (std == 0.0) & view.varied_before() & watched & ~partial
         findings = [self._rows(view, i, layer, float(zero_rows[i, layer])) for i, layer in hits(partial)]
         findings += [self._collapsed(view, i, layer) for i, layer in hits(collapsed)]
         return findings
@@ -81,8 +78,7 @@ class DeadRelu:
         if not relu.any():
             return []
         zeros, _ = view.batch.layer("act_frac_zero")
-        with np.errstate(invalid="ignore"):
-            dead = (zeros > self.fraction) & relu
+        dead = (zeros > self.fraction) & relu
         return [self._finding(view, i, layer, float(zeros[i, layer])) for i, layer in hits(dead)]
 
     def _finding(self, view: BatchView, i: int, layer: int, value: float) -> Finding:

@@ -38,14 +38,12 @@ class Amplification:
     def detect(self, view: BatchView) -> list[Finding]:
         """A finding per record and layer whose output/input magnitude ratio is too large."""
         out, _ = view.batch.layer("act_max_abs")
-        with np.errstate(invalid="ignore"):
-            large = np.isfinite(out) & (out >= self.min_output)
+        large = np.isfinite(out) & (out >= self.min_output)
         if not large.any():
             return []  # in_max_abs need not even be read
         inp, _ = view.batch.layer("in_max_abs")
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            usable = np.isfinite(out) & np.isfinite(inp) & (inp > 0) & (out >= self.min_output)
-            gain = ratio_where(usable, out, inp)
+        usable = np.isfinite(out) & np.isfinite(inp) & (inp > 0) & (out >= self.min_output)
+        gain = ratio_where(usable, out, inp)
         return [
             self._finding(view, i, layer, float(gain[i, layer]), float(out[i, layer]), float(inp[i, layer]))
             for i, layer in hits(gain > self.gain)

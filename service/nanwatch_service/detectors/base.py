@@ -21,7 +21,8 @@ class Detector(Protocol):
         ...
 
     def detect(self, view: BatchView) -> list[Finding]:
-        """Findings for every record of ``view.batch`` (one per step, condition and layer)."""
+        """Findings for every record of ``view.batch`` (one per step, condition and layer). Runs under the
+        Pipeline's ``np.errstate(all="ignore")``: NaN, Inf and overflows are data, not accidents."""
         ...
 
 

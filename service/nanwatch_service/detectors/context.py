@@ -102,9 +102,9 @@ class BatchView:
         """Per record: robust z of ``name`` above ``threshold`` and the value past the window's tail
         (see :func:`robust.beyond_tail`), so that a steady heavy tail does not count as a spike.
 
-        Past the tail means at least the window's largest value: a record below the largest value of the
-        stretch of history every record's window holds cannot spike, and its z is not computed (when no
-        record reaches it, the usual case, none is)."""
+        Past the tail means above the window's largest value (at it, the window would be flat and z 0): a
+        record not above the largest value of the stretch of history every record's window holds cannot
+        spike, and its z is not computed (when no record is, the usual case, none is)."""
         candidates = self._may_pass_tail(name)
         if not candidates.any():
             return candidates
@@ -118,22 +118,20 @@ class BatchView:
             relative_floor=relative_floor,
             only=candidates,
         )
-        with np.errstate(invalid="ignore"):
-            spike: BoolArray = z > threshold
+        spike: BoolArray = z > threshold
         rows = np.flatnonzero(spike)
         if len(rows):
             spike[rows] = robust.beyond_tail(self.series(name), self.n, settings.window, rows)
         return spike
 
     def _may_pass_tail(self, name: str) -> BoolArray:
-        """Per record: whether it reaches the largest value of the history every record's window holds."""
+        """Per record: whether it is above the largest value of the history every record's window holds."""
         series, n, width = self.series(name), self.n, self.settings.window
         shared = series[max(0, len(series) - 1 - width) : len(series) - n]  # in every record's window
         peak = np.fmax.reduce(shared) if n <= width and len(shared) else np.nan  # fmax: NaN only if all are
         if np.isnan(peak):
             return np.ones(n, dtype=bool)
-        with np.errstate(invalid="ignore"):
-            reach: BoolArray = series[-n:] >= peak
+        reach: BoolArray = series[-n:] > peak
         return reach
 
     def last_increment(self, name: str) -> FloatArray:
@@ -169,8 +167,7 @@ class BatchView:
 
     def _varies(self) -> BoolArray:
         std, _ = self.batch.layer("act_std")
-        with np.errstate(invalid="ignore"):
-            varies: BoolArray = np.isfinite(std) & (std > 0)
+        varies: BoolArray = np.isfinite(std) & (std > 0)
         return varies
 
     def varied_before(self) -> BoolArray:

@@ -34,8 +34,7 @@ class VanishingGradient:
         usable = np.isfinite(mean_abs) & watched & present[:, None] & ~view.batch.skipped[:, None]
         values = np.where(usable, mean_abs, np.nan)
         largest = np.max(np.where(usable, mean_abs, 0.0), axis=1, initial=0.0)
-        with np.errstate(invalid="ignore"):
-            vanishing = (values < self.threshold) & (largest >= self.spread * self.threshold)[:, None]
+        vanishing = (values < self.threshold) & (largest >= self.spread * self.threshold)[:, None]
         return [
             self._finding(view, i, layer, float(values[i, layer]), float(largest[i])) for i, layer in hits(vanishing)
         ]
@@ -70,9 +69,8 @@ class UpdateRatio:
         before = view.previous_weight_norm()
         before = np.where(np.isfinite(before) & (before > 0), before, current)
         usable = view.run.has_weights & present[:, None] & ~view.batch.skipped[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            usable &= np.isfinite(update) & np.isfinite(before) & (before > 0)
-            ratio = ratio_where(usable, update, before)
+        usable &= np.isfinite(update) & np.isfinite(before) & (before > 0)
+        ratio = ratio_where(usable, update, before)
         return [
             self._finding(view, i, layer, float(ratio[i, layer]), float(update[i, layer]), float(before[i, layer]))
             for i, layer in hits(ratio > self.threshold)

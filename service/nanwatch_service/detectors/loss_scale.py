@@ -41,16 +41,14 @@ class LossScale:
             return []
         count, started = self._recent_halvings(scale, view.series("skipped"), view)
         current = scale[-view.n :]
-        with np.errstate(invalid="ignore"):
-            flagged = ((count >= self.halvings) & started) | (current < self.floor)
+        flagged = ((count >= self.halvings) & started) | (current < self.floor)
         return [self._finding(view, int(i), float(current[i]), int(count[i])) for i in np.flatnonzero(flagged)]
 
     def _recent_halvings(
         self, scale: FloatArray, skipped: FloatArray, view: BatchView
     ) -> tuple[np.ndarray, np.ndarray]:
-        with np.errstate(invalid="ignore"):
-            halved = (skipped == 1.0) | (scale < np.concatenate([[np.nan], scale[:-1]]))
-            applied = (skipped == 0.0) & ~np.isnan(scale)
+        halved = (skipped == 1.0) | (scale < np.concatenate([[np.nan], scale[:-1]]))
+        applied = (skipped == 0.0) & ~np.isnan(scale)
         # start-up: the skips before the first applied step only bring the initial scale down
         past_startup = np.concatenate([[False], np.cumsum(applied)[:-1] > 0])
         past_startup |= len(scale) - view.n >= view.settings.window

@@ -123,8 +123,7 @@ def _bad_activations(view: BatchView) -> BoolArray:
     or a non-finite max |x|."""
     frac, present = view.batch.layer("act_frac_nonfinite")
     max_abs, max_present = view.batch.layer("act_max_abs")
-    with np.errstate(invalid="ignore"):
-        return (present[:, None] & ~(frac <= 0.0)) | (max_present[:, None] & ~np.isfinite(max_abs))
+    return (present[:, None] & ~(frac <= 0.0)) | (max_present[:, None] & ~np.isfinite(max_abs))
 
 
 def _bad_loss(view: BatchView) -> BoolArray:

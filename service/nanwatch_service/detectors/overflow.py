@@ -56,8 +56,7 @@ class OverflowHeadroom:
         ]
 
     def _near(self, values: np.ndarray, limit: float | np.ndarray) -> BoolArray:
-        with np.errstate(invalid="ignore"):
-            near: BoolArray = np.isfinite(values) & (values > limit / self.headroom)
+        near: BoolArray = np.isfinite(values) & (values > limit / self.headroom)
         return near
 
     def _activation(self, view: BatchView, i: int, layer: int, steps: float) -> Finding:

@@ -58,13 +58,12 @@ class Saturation:
         margin = self._margin(view)
         zeros, _ = view.batch.layer("act_frac_zero")
         warn_at, critical_at = self._margins(run.prob_eps)
-        with np.errstate(invalid="ignore"):
-            mostly = (share > self.fraction) & run.bounded
-            near = margin <= warn_at
-            critical = ((margin <= critical_at) | (mostly & near)) & (not run.stable_loss)
-            # an exact 0 is also within 1e-7 of the bound: both fractions agree when the zeros are real
-            exact_zeros = (zeros > 0) & (share > 0) & run.probability
-            flagged = mostly | near | exact_zeros
+        mostly = (share > self.fraction) & run.bounded
+        near = margin <= warn_at
+        critical = ((margin <= critical_at) | (mostly & near)) & (not run.stable_loss)
+        # an exact 0 is also within 1e-7 of the bound: both fractions agree when the zeros are real
+        exact_zeros = (zeros > 0) & (share > 0) & run.probability
+        flagged = mostly | near | exact_zeros
         return [
             self._finding(view, i, layer, float(share[i, layer]), float(margin[i, layer]), bool(critical[i, layer]))
             for i, layer in hits(flagged)
@@ -77,8 +76,7 @@ class Saturation:
     def _margin(self, view: BatchView) -> np.ndarray:
         """``1 - p_max`` of sigmoid layers (NaN elsewhere)."""
         max_abs, _ = view.batch.layer("act_max_abs")
-        with np.errstate(invalid="ignore"):
-            return np.where(view.run.mask(SIGMOID_LIKE) & (max_abs <= 1.0), 1.0 - max_abs, np.nan)
+        return np.where(view.run.mask(SIGMOID_LIKE) & (max_abs <= 1.0), 1.0 - max_abs, np.nan)
 
     def _finding(self, view: BatchView, i: int, layer: int, share: float, margin: float, critical: bool) -> Finding:
         run, name = view.run, view.run.names[layer]

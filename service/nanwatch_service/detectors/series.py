@@ -18,8 +18,7 @@ from .run_info import RunInfo
 
 def _log_positive(values: FloatArray) -> FloatArray:
     usable = np.isfinite(values) & (values > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(usable, np.log(np.where(usable, values, 1.0)), np.nan)
+    return np.where(usable, np.log(np.where(usable, values, 1.0)), np.nan)
 
 
 def global_grad_norm(run: RunInfo, batch: Batch) -> FloatArray:
@@ -28,8 +27,7 @@ def global_grad_norm(run: RunInfo, batch: Batch) -> FloatArray:
     if present.all():
         return values
     layer_norms, layer_present = batch.layer("grad_norm")
-    with np.errstate(over="ignore", invalid="ignore"):
-        combined = np.sqrt(np.sum(np.square(layer_norms[:, run.has_weights]), axis=1))
+    combined = np.sqrt(np.sum(np.square(layer_norms[:, run.has_weights]), axis=1))
     return np.where(present, values, np.where(layer_present & run.has_weights.any(), combined, np.nan))
 
 
@@ -73,12 +71,10 @@ def _act_headroom(run: RunInfo, batch: Batch) -> tuple[FloatArray, np.ndarray]:
     values, _ = batch.layer("act_max_abs")
     if run.n_layers == 0:
         return np.full(batch.n, np.nan), np.zeros(batch.n, dtype=np.intp)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(np.isfinite(values) & (values > 0), values / run.act_limits, -1.0)
+    ratio = np.where(np.isfinite(values) & (values > 0), values / run.act_limits, -1.0)
     where = np.argmax(ratio, axis=1)
     best = ratio[np.arange(batch.n), where]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(best > 0, np.log(np.where(best > 0, best, 1.0)), np.nan), where
+    return np.where(best > 0, np.log(np.where(best > 0, best, 1.0)), np.nan), where
 
 
 def log_act_fraction(run: RunInfo, batch: Batch) -> FloatArray:
