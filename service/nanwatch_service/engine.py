@@ -21,9 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
 from nanwatch.columns import StepColumns
+from nanwatch.vocabulary import EventState, HaltPolicy, HaltState, RunStatus
 from nanwatch_service.auth import ANONYMOUS, Caller
 from nanwatch_service.committer import GroupCommitter
-from nanwatch_service.detectors import EpisodeChange, Finding
+from nanwatch_service.detectors import EpisodeChange, Finding, Severity
 from nanwatch_service.halt import finding_to_halt, halt_reason, is_in_force, new_command, wire_command
 from nanwatch_service.run_state import EventKey, RunState, event_from, snapshot, worsen
 from nanwatch_service.settings import Settings
@@ -96,8 +97,8 @@ class Engine:
             if existing is None and self.store.count_runs(spec["team"]) >= self.settings.max_runs_per_team:
                 raise TeamFull(spec["team"], self.settings.max_runs_per_team)
             created = self.store.upsert_run(run_id, spec, now)
-            if existing is not None and existing["status"] in ("halted", "finished"):
-                self.store.update_run(run_id, status="running", last_seen=now)
+            if existing is not None and existing["status"] in (RunStatus.HALTED, RunStatus.FINISHED):
+                self.store.update_run(run_id, status=RunStatus.RUNNING, last_seen=now)
         self.forget(run_id)
         return self.run_view(run_id), created
 
@@ -137,8 +138,8 @@ class Engine:
     def _view(self, row: dict[str, Any], pending_halt: dict[str, Any] | None) -> dict[str, Any]:
         spec = row["spec"]
         status = row["status"]
-        if status == "running" and self.clock() - row["last_seen"] > self.settings.stale_after_s:
-            status = "stale"
+        if status == RunStatus.RUNNING and self.clock() - row["last_seen"] > self.settings.stale_after_s:
+            status = RunStatus.STALE
         halt = row["halt"] if pending_halt is None else _pending_doc(pending_halt)
         return {
             "run_id": row["run_id"],
@@ -192,12 +193,12 @@ class Engine:
         self._record_episodes(state, write, changes, findings)
         recovered, resumed = self._record_client_events(state, write, batch.events)
         if resumed:
-            status, halt = "running", None
+            status, halt = RunStatus.RUNNING, None
         self._apply_policy(state, write, [f for f in findings if f.step > recovered], fresh, now)
         state.remember(fresh)
         state.last_seen = now
-        if batch.final and state.status == "running":
-            state.status = status = "finished"
+        if batch.final and state.status == RunStatus.RUNNING:
+            state.status = status = RunStatus.FINISHED
         write.progress = RunProgress(
             last_seen=now,
             last_step=state.last_step,
@@ -226,18 +227,18 @@ class Engine:
         for event in events:
             step = event["step"]
             doc = {
-                "detector": event["kind"], "severity": "info", "layer": None, "state": "closed", "step": step,
-                "first_step": step, "last_step": step, "end_step": step, "message": event["message"],
+                "detector": event["kind"], "severity": Severity.INFO, "layer": None, "state": EventState.CLOSED,
+                "step": step, "first_step": step, "last_step": step, "end_step": step, "message": event["message"],
                 "remedy": "", "details": event["details"],
             }  # fmt: skip
             write.new_events.append((doc, snapshot(doc)))
-            state.events_total[(event["kind"], "info")] += 1
+            state.events_total[(event["kind"], Severity.INFO)] += 1
             answered = event["details"].get("command_id")
             if answered:
                 recovered = max(recovered, step)
                 halt = state.latest_halt
-                if halt is not None and halt["id"] == answered and state.status == "halted":
-                    state.status, resumed = "running", True
+                if halt is not None and halt["id"] == answered and state.status == RunStatus.HALTED:
+                    state.status, resumed = RunStatus.RUNNING, True
         return recovered, resumed
 
     def _acknowledge(
@@ -252,7 +253,7 @@ class Engine:
                 continue  # unknown, or acknowledged before: the first acknowledgement wins
             command.update(acked_at=now, acked_step=ack["step"])
             if command["action"] == "halt":
-                state.status = status = "halted"
+                state.status = status = RunStatus.HALTED
                 halt = _halt_doc(command)
         return status, halt
 
@@ -278,7 +279,7 @@ class Engine:
                 event = state.open_events.pop(change.key)
                 since = event["first_step"] if id(event) in started else None
                 self._fold(state, event, by_key.get(change.key, []), since, before=change.step)
-                event.update(state="closed", end_step=change.step)
+                event.update(state=EventState.CLOSED, end_step=change.step)
                 touched[id(event)] = event
         for key, event in state.open_events.items():
             since = event["first_step"] if id(event) in started else None
@@ -301,7 +302,7 @@ class Engine:
     def _apply_policy(
         self, state: RunState, write: IngestWrite, findings: list[Finding], fresh: StepColumns, now: float
     ) -> None:
-        culprit = finding_to_halt(state.spec.get("halt_on", "critical"), findings)
+        culprit = finding_to_halt(state.spec.get("halt_on", HaltPolicy.CRITICAL), findings)
         if culprit is None or is_in_force(state.latest_halt, state.status):
             return
         command = new_command(
@@ -474,14 +475,14 @@ class Engine:
 
 def _halt_doc(command: dict[str, Any]) -> dict[str, Any]:
     """A run's halt once the job acknowledged it: where it really stopped."""
-    return {**_pending_doc(command), "state": "acknowledged"}
+    return {**_pending_doc(command), "state": HaltState.ACKNOWLEDGED}
 
 
 def _pending_doc(command: dict[str, Any]) -> dict[str, Any]:
     """A run's halt from the moment it exists: who sent it, why, when, and where the job must stop."""
     return {
         "command_id": command["id"],
-        "state": "pending",
+        "state": HaltState.PENDING,
         "reason": command["reason"],
         "source": command["source"],
         "step": command["step"],

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
-from nanwatch_service.detectors import SEVERITY_RANK, Finding
+from nanwatch.vocabulary import HaltPolicy, RunStatus
+from nanwatch_service.detectors import SEVERITY_RANK, Finding, Severity
 
-POLICY_MIN_SEVERITY = {"critical": "critical", "warning": "warning", "never": None}
+LEAST_SEVERITY_TO_HALT: Final[dict[str, Severity | None]] = {
+    HaltPolicy.CRITICAL: Severity.CRITICAL,
+    HaltPolicy.WARNING: Severity.WARNING,
+    HaltPolicy.NEVER: None,
+}
+"""Under each halt policy, the least severe finding that halts the run (None: none does)."""
 
 
 def finding_to_halt(policy: str, findings: Sequence[Finding]) -> Finding | None:
     """The finding that makes ``policy`` halt the run (the most severe, then the earliest), or None."""
-    minimum = POLICY_MIN_SEVERITY[policy]
+    minimum = LEAST_SEVERITY_TO_HALT[policy]
     if minimum is None:
         return None
     eligible = [f for f in findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[minimum]]
@@ -67,4 +73,4 @@ def is_in_force(command: dict[str, Any] | None, run_status: str) -> bool:
     """A halt counts as in force while pending, or once acknowledged while the run stays halted."""
     if command is None:
         return False
-    return command["acked_at"] is None or run_status == "halted"
+    return command["acked_at"] is None or run_status == RunStatus.HALTED

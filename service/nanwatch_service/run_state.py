@@ -18,6 +18,7 @@ from typing import Any, Final
 import numpy as np
 
 from nanwatch.columns import StepColumns
+from nanwatch.vocabulary import EventState, Health, RunStatus
 from nanwatch_service.detectors import SEVERITY_RANK, EpisodeTracker, Finding, Pipeline
 from nanwatch_service.store import Store
 from nanwatch_service.store.chunks import StoredChunk
@@ -87,7 +88,7 @@ class RunState:
     pipeline: Pipeline
     tracker: EpisodeTracker
     team: str = ""
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     last_seen: float = 0.0
     last_step: int | None = None
     loss: float | None = None
@@ -130,7 +131,7 @@ class RunState:
             last_step=row["last_step"],
         )
         state._replay(store.recent_chunks(row["run_id"], window), window)
-        for event in store.list_events(row["run_id"], state="open", limit=10_000):
+        for event in store.list_events(row["run_id"], state=EventState.OPEN, limit=10_000):
             state.open_events[(event["detector"], event["layer"])] = event
         state.tracker.update([], [_finding_of(event) for event in state.open_events.values()])
         latest_halt = store.active_halt(row["run_id"])
@@ -152,10 +153,10 @@ class RunState:
         return len(self.spec.get("layers", []))
 
     @property
-    def health(self) -> str:
-        """``ok``, ``warning`` or ``critical``: the worst open event (info events do not count)."""
+    def health(self) -> Health:
+        """The worst open event's severity (info events do not count)."""
         worst = max((SEVERITY_RANK[e["severity"]] for e in self.open_events.values()), default=0)
-        return ("ok", "warning", "critical")[worst]
+        return Health.of_rank(worst)
 
     @property
     def steps_to_nonfinite(self) -> float:
@@ -222,7 +223,7 @@ class RunState:
 
     def exported(self, now: float, stale_after_s: float) -> bool:
         """Whether Prometheus should see this run: not finished and not silent."""
-        return self.status != "finished" and now - self.last_seen <= stale_after_s
+        return self.status != RunStatus.FINISHED and now - self.last_seen <= stale_after_s
 
 
 def event_from(finding: Finding) -> dict[str, Any]:
@@ -232,7 +233,7 @@ def event_from(finding: Finding) -> dict[str, Any]:
         "detector": finding.detector,
         "severity": finding.severity,
         "layer": finding.layer,
-        "state": "open",
+        "state": EventState.OPEN,
         "step": finding.step,
         "first_step": finding.step,
         "last_step": finding.step,

@@ -23,7 +23,7 @@ import numpy as np
 from .base import fmt
 from .batch import BoolArray
 from .context import BatchView
-from .finding import Finding
+from .finding import Finding, Severity
 from .run_info import RunInfo
 from .series import max_finite_activation
 
@@ -111,7 +111,7 @@ def _make(run: RunInfo, step: int, layer: int, what: str, detail: str, remedy: s
     others = f"; {affected} layer(s) affected in all" if affected > 1 else ""
     message = f"non-finite {what} at step {step}{where} {detail}{others}".replace("  ", " ").strip()
     name = run.names[layer] if layer >= 0 else None
-    return Finding("nonfinite", "critical", step, name, 1.0, 0.0, message, remedy, 0.0)
+    return Finding("nonfinite", Severity.CRITICAL, step, name, 1.0, 0.0, message, remedy, 0.0)
 
 
 def _affected(act: BoolArray, grads: BoolArray, weights: BoolArray) -> int:

@@ -24,8 +24,6 @@ from nanwatch.fields import LAYER_FIELDS
 from nanwatch_service.store.chunks import StoredChunk
 from nanwatch_service.store.retention import Retention
 
-RUN_STATUSES = ("running", "halted", "finished", "stale")
-HEALTHS = ("ok", "warning", "critical")
 SERIES_FIELDS = (*SCALAR_COLUMNS, *(f"layers.{field}" for field in LAYER_FIELDS))
 """What :meth:`Store.read_series` reads: a record's scalars, and its per-layer statistics as ``layers.<name>``."""
 

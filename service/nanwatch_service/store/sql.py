@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from nanwatch.columns import StepColumns
+from nanwatch.vocabulary import Health, RunStatus
 from nanwatch_service.store.base import IngestWrite, StoreError, clamp, rows_to_dicts
 from nanwatch_service.store.history import StepHistory
 
@@ -198,8 +199,8 @@ class SqlStore(StepHistory):
             else:
                 self._execute(
                     "INSERT INTO runs (run_id, spec, team, created_at, updated_at, last_seen, status, health,"
-                    " steps_to_nonfinite, records, dropped) VALUES (?, ?, ?, ?, ?, ?, 'running', 'ok', ?, 0, 0)",
-                    (run_id, pack(spec), spec.get("team"), now, now, now, float("inf")),
+                    " steps_to_nonfinite, records, dropped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
+                    (run_id, pack(spec), spec.get("team"), now, now, now, RunStatus.RUNNING, Health.OK, float("inf")),
                 )
             return not exists
 
@@ -399,12 +400,12 @@ def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
 def _run_filters(status: str | None, team: str | None, stale_before: float) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
-    if status == "stale":
-        clauses.append("status = 'running' AND last_seen < ?")
-        params.append(stale_before)
-    elif status == "running":
-        clauses.append("status = 'running' AND last_seen >= ?")
-        params.append(stale_before)
+    if status == RunStatus.STALE:
+        clauses.append("status = ? AND last_seen < ?")
+        params += [RunStatus.RUNNING, stale_before]
+    elif status == RunStatus.RUNNING:
+        clauses.append("status = ? AND last_seen >= ?")
+        params += [RunStatus.RUNNING, stale_before]
     elif status is not None:
         clauses.append("status = ?")
         params.append(status)
