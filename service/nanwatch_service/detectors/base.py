@@ -13,7 +13,7 @@ from .finding import Finding
 
 
 class Detector(Protocol):
-    """A stateless rule over a batch: per-run memory lives in the :class:`BatchView`'s run state."""
+    """A stateless rule over a batch: per-run memory lives in the :class:`BatchView`'s :class:`RunHistory`."""
 
     @property
     def name(self) -> str:

@@ -1,7 +1,8 @@
-"""Per-run state kept between batches, and the view of it that detectors read while a batch is processed.
+"""The detectors' memory of a run between batches, their settings, and the view of both that a detector
+reads while a batch is processed.
 
-The state is a cache: the last ``window`` values of every series in :data:`series.SERIES` plus two
-per-layer rows. Replaying stored records through :meth:`RunState.append` rebuilds it exactly.
+The memory is a cache: the last ``window`` values of every series in :data:`series.SERIES` plus two
+per-layer rows. Replaying stored records through :meth:`RunHistory.append` rebuilds it exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .run_info import RunInfo
 from .series import SERIES, forecast_limits
 
 
-class RunState:
+class RunHistory:
     """Trailing history of one run: series values and the per-layer rows the detectors compare against."""
 
     def __init__(self, run: RunInfo, window: int) -> None:
@@ -41,7 +42,7 @@ class RunState:
 
 
 @dataclass
-class Settings:
+class DetectorSettings:
     """Pipeline-wide parameters the detectors share."""
 
     horizon: int = 10
@@ -52,10 +53,10 @@ class Settings:
 class BatchView:
     """A batch together with its run's history; computes shared series, z-scores and forecasts once."""
 
-    def __init__(self, run: RunInfo, batch: Batch, state: RunState, settings: Settings) -> None:
+    def __init__(self, run: RunInfo, batch: Batch, history: RunHistory, settings: DetectorSettings) -> None:
         self.run = run
         self.batch = batch
-        self.state = state
+        self.history = history
         self.settings = settings
         self._series: dict[str, FloatArray] = {}
         self._cache: dict[tuple[str, float], FloatArray] = {}
@@ -76,7 +77,7 @@ class BatchView:
         """History of ``name`` followed by this batch's ``n`` values."""
         if name not in self._series:
             fresh = SERIES[name](self.run, self.batch)
-            self._series[name] = np.concatenate([self.state.series[name], fresh])
+            self._series[name] = np.concatenate([self.history.series[name], fresh])
         return self._series[name]
 
     def current(self, name: str) -> FloatArray:
@@ -158,7 +159,7 @@ class BatchView:
         """Per record and layer, the weight norm of the record before (the weights this update started from)."""
         weight_norm, present = self.batch.layer("weight_norm")
         rows = np.where(present[:, None], weight_norm, np.nan)
-        return np.vstack([self.state.last_weight_norm[None, :], rows[:-1]])
+        return np.vstack([self.history.last_weight_norm[None, :], rows[:-1]])
 
     def varies(self) -> BoolArray:
         """Per record and layer: the layer's output had a non-zero, finite spread at that step."""
@@ -173,4 +174,4 @@ class BatchView:
     def varied_before(self) -> BoolArray:
         """Per record and layer: the layer's output varied at some earlier step of the run."""
         seen = np.logical_or.accumulate(self.varies(), axis=0)
-        return np.vstack([self.state.varied[None, :], self.state.varied | seen[:-1]])
+        return np.vstack([self.history.varied[None, :], self.history.varied | seen[:-1]])
