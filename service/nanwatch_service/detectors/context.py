@@ -59,7 +59,10 @@ class BatchView:
         self.history = history
         self.settings = settings
         self._series: dict[str, FloatArray] = {}
-        self._cache: dict[tuple[str, float], FloatArray] = {}
+        self._z: dict[tuple[str, float, float], FloatArray] = {}
+        """Robust z by ``(series, scale_floor, relative_floor)``."""
+        self._medians: dict[str, FloatArray] = {}
+        self._forecasts: dict[str, FloatArray] = {}
         self._memo: dict[str, Any] = {}
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -86,10 +89,10 @@ class BatchView:
 
     def z(self, name: str, scale_floor: float, relative_floor: float = 0.0) -> FloatArray:
         """Robust z of each record's ``name`` against the trailing window (NaN during warm-up)."""
-        key = (f"{name}/{relative_floor}", scale_floor)
-        if key not in self._cache:
+        key = (name, scale_floor, relative_floor)
+        if key not in self._z:
             settings = self.settings
-            self._cache[key] = robust.robust_z(
+            self._z[key] = robust.robust_z(
                 self.series(name),
                 self.n,
                 settings.window,
@@ -97,7 +100,7 @@ class BatchView:
                 scale_floor=scale_floor,
                 relative_floor=relative_floor,
             )
-        return self._cache[key]
+        return self._z[key]
 
     def spike(self, name: str, threshold: float, scale_floor: float, relative_floor: float = 0.0) -> BoolArray:
         """Per record: robust z of ``name`` above ``threshold`` and the value past the window's tail
@@ -142,18 +145,16 @@ class BatchView:
 
     def median(self, name: str) -> FloatArray:
         """Median of ``name`` over the trailing window before each record (NaN without history)."""
-        key = (name, -2.0)
-        if key not in self._cache:
-            self._cache[key] = robust.window_median(self.series(name), self.n, self.settings.window)
-        return self._cache[key]
+        if name not in self._medians:
+            self._medians[name] = robust.window_median(self.series(name), self.n, self.settings.window)
+        return self._medians[name]
 
     def forecast(self, name: str) -> FloatArray:
         """Steps until series ``name`` reaches its limit, per record (+inf when not growing)."""
-        key = (name, -1.0)
-        if key not in self._cache:
+        if name not in self._forecasts:
             limit = forecast_limits(self.run)[name]
-            self._cache[key] = steps_to_limit(self.series(name), self.n, limit, self.settings.window)
-        return self._cache[key]
+            self._forecasts[name] = steps_to_limit(self.series(name), self.n, limit, self.settings.window)
+        return self._forecasts[name]
 
     def previous_weight_norm(self) -> FloatArray:
         """Per record and layer, the weight norm of the record before (the weights this update started from)."""
