@@ -19,8 +19,9 @@
 Shared machinery: ``batch`` (records to columnar arrays, read lazily), ``series`` and ``context``
 (:class:`RunHistory`, the per-run trailing window that :meth:`Pipeline.warm` rebuilds; :class:`DetectorSettings`;
 :class:`BatchView`), ``robust`` (rolling median/MAD z-scores), ``forecast`` (``steps_to_nonfinite``),
-``pipeline`` (:class:`Pipeline` and ``DEFAULT_DETECTORS``) and ``episodes`` (:class:`EpisodeTracker`).
-Nothing here imports TensorFlow, Keras or FastAPI, or does I/O.
+``pipeline`` (:class:`Pipeline` and ``DEFAULT_DETECTORS``) and ``episodes`` (:class:`EpisodeTracker`);
+``nonfinite_masks`` (which records hold a non-finite value: the rule ``nonfinite`` reports on and the
+forecast reads). Nothing here imports TensorFlow, Keras or FastAPI, or does I/O.
 """
 
 from .activations import DeadRelu, ZeroVariance

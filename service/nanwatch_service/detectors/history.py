@@ -19,7 +19,7 @@ from nanwatch.columns import StepColumns
 
 from .batch import Batch, BoolArray, FloatArray
 from .context import BatchView, DetectorSettings, RunHistory
-from .nonfinite import holds_nonfinite
+from .nonfinite_masks import holds_nonfinite
 from .pipeline import FORECAST_SERIES
 from .run_info import RunInfo
 

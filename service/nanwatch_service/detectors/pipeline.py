@@ -20,7 +20,8 @@ from .finding import Finding
 from .gradients import UpdateRatio, VanishingGradient
 from .loss import LossSpike
 from .loss_scale import LossScale
-from .nonfinite import Nonfinite, holds_nonfinite
+from .nonfinite import Nonfinite
+from .nonfinite_masks import holds_nonfinite
 from .overflow import OverflowHeadroom
 from .run_info import RunInfo
 from .saturation import Saturation
