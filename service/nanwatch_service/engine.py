@@ -158,9 +158,12 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ ingest
-    async def ingest(self, run_id: str, message: Any) -> dict[str, Any]:
-        """Decode a step batch (ProtocolError when it is bad), decide it, commit it; return the reply."""
-        state = await self.state(run_id)
+    async def ingest(self, state: RunState, message: Any) -> dict[str, Any]:
+        """Decode a step batch for the run of ``state`` (from :meth:`visible_state`; ProtocolError when the
+        batch is bad), decide it, commit it; return the reply."""
+        if state.forgotten:  # re-registered or deleted since it was looked up: decide against what replaced it
+            state = await self.state(state.run_id)
+        run_id = state.run_id
         batch = protocol.decode_steps(message, n_layers=state.n_layers, limits=self.settings.limits)
         async with state.lock:
             await self._learn_acked_commands(state, batch.acks)
@@ -443,17 +446,34 @@ class Engine:
         """The run's in-memory state, loaded from the store on first use (once, however many ask)."""
         with self._states_lock:
             state = self._states.get(run_id)
-        if state is not None:
-            return state
+        return state if state is not None else await self._load_once(run_id, None)
+
+    async def visible_state(self, run_id: str, caller: Caller) -> RunState:
+        """The run's in-memory state as :meth:`state`, once ``caller`` may see the run: a run of another team
+        raises the same :class:`UnknownRun` as a missing one, and is not loaded."""
+        with self._states_lock:
+            state = self._states.get(run_id)
+        if state is None:
+            row = await run_in_threadpool(self.store.get_run, run_id)
+            if row is None or not caller.can_see(row["team"]):
+                raise UnknownRun(run_id)
+            return await self._load_once(run_id, row)
+        if not caller.can_see(state.team or None):
+            raise UnknownRun(run_id)
+        return state
+
+    async def _load_once(self, run_id: str, row: dict[str, Any] | None) -> RunState:
         loading = self._loading.get(run_id)
         if loading is None:
-            loading = asyncio.ensure_future(run_in_threadpool(self._load, run_id))
+            loading = asyncio.ensure_future(run_in_threadpool(self._load, run_id, row))
             self._loading[run_id] = loading
             loading.add_done_callback(lambda _: self._loading.pop(run_id, None))
         return await asyncio.shield(loading)
 
-    def _load(self, run_id: str) -> RunState:
-        row = self.store.get_run(run_id)
+    def _load(self, run_id: str, row: dict[str, Any] | None) -> RunState:
+        """Build the run's state from ``row`` (read here when None) and keep it, unless another request's
+        load won meanwhile."""
+        row = self.store.get_run(run_id) if row is None else row
         if row is None:
             raise UnknownRun(run_id)
         loaded = RunState.load(self.store, row, horizon=self.settings.horizon, window=self.settings.window)
@@ -469,6 +489,8 @@ class Engine:
         """Drop the run's in-memory state (the next request reloads it from the store)."""
         with self._states_lock:
             state = self._states.pop(run_id, None)
+        if state is not None:
+            state.forgotten = True
         if state is not None and self._loop is not None:  # its channels look again, at what replaces it
             self._loop.call_soon_threadsafe(state.wake)
 

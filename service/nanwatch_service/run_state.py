@@ -109,6 +109,9 @@ class RunState:
     """Held while one request of this run is decided, so that the run's requests are taken in order."""
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
     """The command channels waiting for this run's next command."""
+    forgotten: bool = False
+    """The engine dropped this state (the run registered again, was deleted, or a write failed): a request
+    that looked it up before then decides against the state that replaces it."""
 
     def __post_init__(self) -> None:
         layers = self.pipeline.run

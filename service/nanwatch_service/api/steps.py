@@ -10,7 +10,16 @@ from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
 from nanwatch_service.api.codec import read_message, respond
-from nanwatch_service.api.deps import BODY_ERRORS, ERRORS, EngineDep, ReaderRole, SettingsDep, VisibleRunId, WriterRole
+from nanwatch_service.api.deps import (
+    BODY_ERRORS,
+    ERRORS,
+    EngineDep,
+    ReaderRole,
+    SettingsDep,
+    VisibleRun,
+    VisibleRunId,
+    WriterRole,
+)
 from nanwatch_service.api.schemas import BATCH_BODY, list_pattern, request_body
 from nanwatch_service.store.base import BIGGEST
 
@@ -23,7 +32,7 @@ FIELDS_PATTERN: Final = list_pattern(RECORD_FIELDS)
 @router.post(
     "", dependencies=[WriterRole], responses=BODY_ERRORS, openapi_extra=request_body(BATCH_BODY, msgpack=False)
 )
-async def ingest_steps(run_id: VisibleRunId, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+async def ingest_steps(run: VisibleRun, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     """Store a batch of step records; the reply carries ``accepted`` and the run's pending commands, and
     leaves once the batch is committed. JSON carries protocol 1 (records as maps); msgpack carries protocol
     2 (packed columns, what the client sends; see ``nanwatch.protocol``) or protocol 1."""
@@ -31,7 +40,7 @@ async def ingest_steps(run_id: VisibleRunId, request: Request, engine: EngineDep
     message = await read_message(request, settings.max_body_bytes)
     if isinstance(message, dict) and message.get("protocol") == 2 and _is_json(request):
         raise protocol.ProtocolError("protocol", "protocol 2 carries packed arrays: send it as application/msgpack")
-    reply = await engine.ingest(run_id, message)
+    reply = await engine.ingest(run, message)
     request.app.state.metrics.observe_ingest(time.perf_counter() - started)
     return respond(request, reply)
 
