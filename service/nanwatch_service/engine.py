@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from starlette.concurrency import run_in_threadpool
 
@@ -30,6 +30,7 @@ from nanwatch_service.run_state import EventKey, RunState, event_from, snapshot,
 from nanwatch_service.settings import Settings
 from nanwatch_service.store import Store, StoreError
 from nanwatch_service.store.base import IngestWrite, RunProgress
+from nanwatch_service.store.rows import CommandRow, EventRow, RunCommandRow, RunHalt, RunRow
 
 
 class UnknownRun(LookupError):
@@ -135,7 +136,7 @@ class Engine:
         pending = self.store.pending_halts([row["run_id"] for row in rows]) if rows else {}
         return [self._view(row, pending.get(row["run_id"])) for row in rows]
 
-    def _view(self, row: dict[str, Any], pending_halt: dict[str, Any] | None) -> dict[str, Any]:
+    def _view(self, row: RunRow, pending_halt: CommandRow | None) -> dict[str, Any]:
         spec = row["spec"]
         status = row["status"]
         if status == RunStatus.RUNNING and self.clock() - row["last_seen"] > self.settings.stale_after_s:
@@ -186,7 +187,7 @@ class Engine:
             if command is not None:
                 state.add_command(command)
 
-    def _decide(self, state: RunState, batch: protocol.StepBatch) -> tuple[IngestWrite, list[dict[str, Any]]]:
+    def _decide(self, state: RunState, batch: protocol.StepBatch) -> tuple[IngestWrite, list[CommandRow]]:
         now = self.clock()
         fresh = batch.columns.take(state.recent.fresh(batch.attempt, batch.columns))
         findings = state.pipeline.process(fresh)
@@ -229,7 +230,7 @@ class Engine:
         recovered, resumed = -1, False
         for event in events:
             step = event["step"]
-            doc = {
+            doc: EventRow = {
                 "detector": event["kind"], "severity": Severity.INFO, "layer": None, "state": EventState.CLOSED,
                 "step": step, "first_step": step, "last_step": step, "end_step": step, "message": event["message"],
                 "remedy": "", "details": event["details"],
@@ -246,7 +247,7 @@ class Engine:
 
     def _acknowledge(
         self, state: RunState, write: IngestWrite, acks: list[dict[str, Any]], now: float
-    ) -> tuple[str | None, dict[str, Any] | None]:
+    ) -> tuple[RunStatus | None, RunHalt | None]:
         """Apply the job's acknowledgements; the run's new status and halt when one was a halt."""
         status = halt = None
         for ack in acks:
@@ -254,7 +255,7 @@ class Engine:
             command = state.commands.get(ack["id"])
             if command is None or command["acked_at"] is not None:
                 continue  # unknown, or acknowledged before: the first acknowledgement wins
-            command.update(acked_at=now, acked_step=ack["step"])
+            command["acked_at"], command["acked_step"] = now, ack["step"]
             if command["action"] == "halt":
                 state.status = status = RunStatus.HALTED
                 halt = _halt_doc(command)
@@ -269,7 +270,7 @@ class Engine:
         by_key: dict[EventKey, list[Finding]] = {}
         for finding in findings:
             by_key.setdefault(finding.key, []).append(finding)
-        touched: dict[int, dict[str, Any]] = {}
+        touched: dict[int, EventRow] = {}
         started: set[int] = set()  # events of episodes that started in this batch: their findings start there
         for change in changes:
             if change.kind == "started" and change.key not in state.open_events and change.finding is not None:
@@ -282,7 +283,7 @@ class Engine:
                 event = state.open_events.pop(change.key)
                 since = event["first_step"] if id(event) in started else None
                 self._fold(state, event, by_key.get(change.key, []), since, before=change.step)
-                event.update(state=EventState.CLOSED, end_step=change.step)
+                event["state"], event["end_step"] = EventState.CLOSED, change.step
                 touched[id(event)] = event
         for key, event in state.open_events.items():
             since = event["first_step"] if id(event) in started else None
@@ -291,9 +292,7 @@ class Engine:
         write.changed_events += [(event, snapshot(event)) for event in touched.values()]
 
     @staticmethod
-    def _fold(
-        state: RunState, event: dict[str, Any], findings: list[Finding], since: int | None, before: int | None
-    ) -> bool:
+    def _fold(state: RunState, event: EventRow, findings: list[Finding], since: int | None, before: int | None) -> bool:
         """Fold the findings of the event's episode (from ``since``, before ``before``) into it; True when
         there were any."""
         mine = [f for f in findings if (since is None or f.step >= since) and (before is None or f.step < before)]
@@ -315,7 +314,7 @@ class Engine:
         write.new_commands.append(command)
         self.on_halt("detector")
 
-    def _deliverable(self, state: RunState, write: IngestWrite, now: float) -> list[dict[str, Any]]:
+    def _deliverable(self, state: RunState, write: IngestWrite, now: float) -> list[CommandRow]:
         """Unacknowledged commands never delivered, or delivered over ``redelivery_s`` ago; marks them."""
         due = [
             command
@@ -370,8 +369,9 @@ class Engine:
     async def _halt(
         self, run_id: str, state: RunState | None, reason: str, source: str, sent_by: str | None
     ) -> tuple[dict[str, Any], bool]:
-        if state is not None and is_in_force(state.latest_halt, state.status):
-            return _public_command(state.latest_halt or {}), False
+        in_force = state.latest_halt if state is not None else None
+        if state is not None and in_force is not None and is_in_force(in_force, state.status):
+            return _public_command(in_force), False
         command, created = await run_in_threadpool(self._halt_in_store, run_id, reason, source, sent_by)
         if created:
             if state is not None:
@@ -379,7 +379,7 @@ class Engine:
             self.on_halt(source)
         return _public_command(command), created
 
-    def _halt_in_store(self, run_id: str, reason: str, source: str, sent_by: str | None) -> tuple[dict[str, Any], bool]:
+    def _halt_in_store(self, run_id: str, reason: str, source: str, sent_by: str | None) -> tuple[CommandRow, bool]:
         now = self.clock()
         with self.store.transaction():
             row = self.store.get_run(run_id)
@@ -434,12 +434,12 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def learn_commands(self, commands: list[dict[str, Any]]) -> None:
+    def learn_commands(self, commands: list[RunCommandRow]) -> None:
         """Add commands issued elsewhere to the runs held here (those already known stay as they are)."""
         for command in commands:
             state = self._states.get(command["run_id"])
             if state is not None and command["id"] not in state.commands:
-                state.add_command({k: v for k, v in command.items() if k != "run_id"})
+                state.add_command(cast(CommandRow, {k: v for k, v in command.items() if k != "run_id"}))
 
     # ------------------------------------------------------------------ cache
     async def state(self, run_id: str) -> RunState:
@@ -462,7 +462,7 @@ class Engine:
             raise UnknownRun(run_id)
         return state
 
-    async def _load_once(self, run_id: str, row: dict[str, Any] | None) -> RunState:
+    async def _load_once(self, run_id: str, row: RunRow | None) -> RunState:
         loading = self._loading.get(run_id)
         if loading is None:
             loading = asyncio.ensure_future(run_in_threadpool(self._load, run_id, row))
@@ -470,7 +470,7 @@ class Engine:
             loading.add_done_callback(lambda _: self._loading.pop(run_id, None))
         return await asyncio.shield(loading)
 
-    def _load(self, run_id: str, row: dict[str, Any] | None) -> RunState:
+    def _load(self, run_id: str, row: RunRow | None) -> RunState:
         """Build the run's state from ``row`` (read here when None) and keep it, unless another request's
         load won meanwhile."""
         row = self.store.get_run(run_id) if row is None else row
@@ -495,12 +495,12 @@ class Engine:
             self._loop.call_soon_threadsafe(state.wake)
 
 
-def _halt_doc(command: dict[str, Any]) -> dict[str, Any]:
+def _halt_doc(command: CommandRow) -> RunHalt:
     """A run's halt once the job acknowledged it: where it really stopped."""
     return {**_pending_doc(command), "state": HaltState.ACKNOWLEDGED}
 
 
-def _pending_doc(command: dict[str, Any]) -> dict[str, Any]:
+def _pending_doc(command: CommandRow) -> RunHalt:
     """A run's halt from the moment it exists: who sent it, why, when, and where the job must stop."""
     return {
         "command_id": command["id"],
@@ -517,6 +517,6 @@ def _pending_doc(command: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _public_command(command: dict[str, Any]) -> dict[str, Any]:
+def _public_command(command: CommandRow) -> dict[str, Any]:
     public = {**wire_command(command), "created_at": command["created_at"], "acked_step": command["acked_step"]}
     return public | {"sent_by": command.get("sent_by")}

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from nanwatch.vocabulary import HaltPolicy, RunStatus
 from nanwatch_service.detectors import SEVERITY_RANK, Finding, Severity
+from nanwatch_service.store.rows import CommandRow
 
 LEAST_SEVERITY_TO_HALT: Final[dict[str, Severity | None]] = {
     HaltPolicy.CRITICAL: Severity.CRITICAL,
@@ -40,7 +41,7 @@ def finding_to_halt(policy: str, findings: Sequence[Finding]) -> Finding | None:
 
 def new_command(
     *, reason: str, source: str, step: int | None, at_step: int, now: float, sent_by: str | None = None
-) -> dict[str, Any]:
+) -> CommandRow:
     """A halt command ready for the store; ``sent_by`` names the token that asked (None for a detector)."""
     return {
         "id": uuid.uuid4().hex,
@@ -57,10 +58,16 @@ def new_command(
     }
 
 
-def wire_command(command: dict[str, Any]) -> dict[str, Any]:
+def wire_command(command: CommandRow) -> dict[str, Any]:
     """The part of a stored command the job receives."""
-    keys = ("id", "action", "reason", "source", "step", "at_step")
-    return {k: command[k] for k in keys}
+    return {
+        "id": command["id"],
+        "action": command["action"],
+        "reason": command["reason"],
+        "source": command["source"],
+        "step": command["step"],
+        "at_step": command["at_step"],
+    }
 
 
 def halt_reason(finding: Finding) -> str:
@@ -69,7 +76,7 @@ def halt_reason(finding: Finding) -> str:
     return f"{finding.detector}{where} at step {finding.step}: {finding.message} Fix: {finding.remedy}"
 
 
-def is_in_force(command: dict[str, Any] | None, run_status: str) -> bool:
+def is_in_force(command: CommandRow | None, run_status: str) -> bool:
     """A halt counts as in force while pending, or once acknowledged while the run stays halted."""
     if command is None:
         return False

@@ -22,6 +22,7 @@ from nanwatch_service.api.deps import (
 )
 from nanwatch_service.api.schemas import BATCH_BODY, list_pattern, request_body
 from nanwatch_service.store.base import BIGGEST
+from nanwatch_service.store.rows import StepRow
 
 router = APIRouter(prefix="/v1/runs/{run_id}/steps", tags=["steps"])
 
@@ -82,5 +83,5 @@ def _is_json(request: Request) -> bool:
     return protocol.content_type_of(request.headers.get("content-type")) == protocol.JSON
 
 
-def _project(row: dict[str, Any]) -> dict[str, Any]:
+def _project(row: StepRow) -> dict[str, Any]:
     return {"seq": row["seq"], "attempt": row["attempt"], "received_at": row["received_at"], **row["record"]}
