@@ -42,7 +42,7 @@ DEFAULT_DETECTORS: Final[tuple[Detector, ...]] = (
 """Every detector of the catalog with its default thresholds, in the order findings are listed."""
 
 Records = Sequence[Mapping[str, Any]] | StepColumns
-"""What a pipeline takes: a batch's columns, or protocol-1 records (tests, old stores)."""
+"""What a pipeline takes: a batch's columns, or protocol-1 records (tests, stores holding records one per row)."""
 
 FORECAST_SERIES: Final = ("log_grad_norm", "log_act_fraction", "log_abs_loss")
 """Growing quantities whose forecast makes up :attr:`Pipeline.steps_to_nonfinite`."""

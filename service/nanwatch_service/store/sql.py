@@ -173,8 +173,8 @@ class SqlStore(StepHistory):
                 self._reader.close()
 
     def _migrate_legacy_steps(self, legacy_exists: bool) -> None:
-        """Move a store written before step chunks (one ``steps`` row per record) into chunks, one per
-        request (consecutive rows of a run with the same attempt and arrival time), and drop the old table."""
+        """Move the rows of a per-record ``steps`` table (one row per record) into chunks, one per request
+        (consecutive rows of a run with the same attempt and arrival time), and drop that table."""
         if not legacy_exists:
             return
         with self.transaction():
