@@ -91,6 +91,7 @@ def test_a_real_name_resolves(name: str) -> None:
         "nanwatch_service.engine.Engine.ingest.batch",
         "nanwatch_service.nowhere.Engine",
         "nanwatch_service.detectors.context.RunState",
+        "nanwatch_service.detectors.context.RunHistory",
     ],
 )
 def test_a_made_up_name_does_not(name: str) -> None:

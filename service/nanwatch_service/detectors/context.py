@@ -2,7 +2,7 @@
 reads while a batch is processed.
 
 The memory is a cache: the last ``window`` values of every series in :data:`series.SERIES` plus two
-per-layer rows. Replaying stored records through :meth:`RunHistory.append` rebuilds it exactly.
+per-layer rows. Replaying stored records through :meth:`DetectorMemory.append` rebuilds it exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .run_info import RunInfo
 from .series import SERIES, forecast_limits
 
 
-class RunHistory:
+class DetectorMemory:
     """Trailing history of one run: series values and the per-layer rows the detectors compare against."""
 
     def __init__(self, run: RunInfo, window: int) -> None:
@@ -53,10 +53,10 @@ class DetectorSettings:
 class BatchView:
     """A batch together with its run's history; computes shared series, z-scores and forecasts once."""
 
-    def __init__(self, run: RunInfo, batch: Batch, history: RunHistory, settings: DetectorSettings) -> None:
+    def __init__(self, run: RunInfo, batch: Batch, memory: DetectorMemory, settings: DetectorSettings) -> None:
         self.run = run
         self.batch = batch
-        self.history = history
+        self.memory = memory
         self.settings = settings
         self._series: dict[str, FloatArray] = {}
         self._z: dict[tuple[str, float, float], FloatArray] = {}
@@ -80,7 +80,7 @@ class BatchView:
         """History of ``name`` followed by this batch's ``n`` values."""
         if name not in self._series:
             fresh = SERIES[name](self.run, self.batch)
-            self._series[name] = np.concatenate([self.history.series[name], fresh])
+            self._series[name] = np.concatenate([self.memory.series[name], fresh])
         return self._series[name]
 
     def current(self, name: str) -> FloatArray:
@@ -160,7 +160,7 @@ class BatchView:
         """Per record and layer, the weight norm of the record before (the weights this update started from)."""
         weight_norm, present = self.batch.layer("weight_norm")
         rows = np.where(present[:, None], weight_norm, np.nan)
-        return np.vstack([self.history.last_weight_norm[None, :], rows[:-1]])
+        return np.vstack([self.memory.last_weight_norm[None, :], rows[:-1]])
 
     def varies(self) -> BoolArray:
         """Per record and layer: the layer's output had a non-zero, finite spread at that step."""
@@ -175,4 +175,4 @@ class BatchView:
     def varied_before(self) -> BoolArray:
         """Per record and layer: the layer's output varied at some earlier step of the run."""
         seen = np.logical_or.accumulate(self.varies(), axis=0)
-        return np.vstack([self.history.varied[None, :], self.history.varied | seen[:-1]])
+        return np.vstack([self.memory.varied[None, :], self.memory.varied | seen[:-1]])

@@ -14,7 +14,7 @@ from .activations import DeadRelu, ZeroVariance
 from .amplification import Amplification
 from .base import Detector
 from .batch import Batch
-from .context import BatchView, DetectorSettings, RunHistory
+from .context import BatchView, DetectorMemory, DetectorSettings
 from .explosion import GradExplosion
 from .finding import Finding
 from .gradients import UpdateRatio, VanishingGradient
@@ -68,7 +68,7 @@ class Pipeline:
         self.run = RunInfo(run)
         self.detectors = detectors
         self.settings = DetectorSettings(horizon=horizon, window=window, min_history=min_history)
-        self._history = RunHistory(self.run, window)
+        self._memory = DetectorMemory(self.run, window)
         self._steps_to_nonfinite = math.inf
 
     def process(self, records: Records) -> list[Finding]:
@@ -97,12 +97,12 @@ class Pipeline:
     @property
     def last_step(self) -> int | None:
         """The step of the last record processed or warmed."""
-        return self._history.last_step
+        return self._memory.last_step
 
     def _view(self, records: Records) -> BatchView:
-        return BatchView(self.run, Batch.of(records, self.run.n_layers), self._history, self.settings)
+        return BatchView(self.run, Batch.of(records, self.run.n_layers), self._memory, self.settings)
 
     def _advance(self, view: BatchView) -> None:
         forecasts = [float(view.forecast(name)[-1]) for name in FORECAST_SERIES]
         self._steps_to_nonfinite = 0.0 if holds_nonfinite(view)[-1] else min(forecasts)
-        self._history.append(view)
+        self._memory.append(view)
