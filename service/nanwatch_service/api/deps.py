@@ -14,7 +14,8 @@ same 404 as a missing one.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from enum import Enum
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Path, Request
 
@@ -108,6 +109,15 @@ async def visible_run(run_id: RunId, caller: CallerDep, engine: EngineDep) -> Ru
 
 
 VisibleRun = Annotated[RunState, Depends(visible_run)]
+
+
+def words_of(vocabulary: type[Enum]) -> Any:
+    """The type of a query parameter that takes the words of ``vocabulary`` (a string enum) as plain
+    strings, ``Literal[...]`` of them: the OpenAPI document lists them inline and a bad value is a 422 of
+    type ``literal_error``, as an enum class would not have it. Use it behind ``TYPE_CHECKING``, where the
+    enum itself is the type."""
+    return Literal[tuple(str(word) for word in vocabulary)]
+
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "tokens are configured and the request has no known bearer token"},
