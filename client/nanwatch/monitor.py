@@ -35,6 +35,7 @@ from nanwatch._outbox import Later, Outbox
 from nanwatch._records import make_record, nonfinite_reason, registration, step_and_time
 from nanwatch._sender import Sender
 from nanwatch.transport import HttpTransport, Transport
+from nanwatch.vocabulary import HaltPolicy
 
 __all__ = ["Halt", "Monitor"]
 
@@ -56,7 +57,7 @@ class Monitor:
         run_id: str | None = None,
         *,
         token: str | None = None,
-        halt_on: str = "critical",
+        halt_on: str = HaltPolicy.CRITICAL,
         name: str | None = None,
         team: str | None = None,
         framework: str = "custom",
@@ -153,7 +154,7 @@ class Monitor:
         )  # fmt: skip
         self._outbox.append(record)
         halt = self._due(record["step"])
-        if halt is None and self.halted is None and self.halt_on != "never":
+        if halt is None and self.halted is None and self.halt_on != HaltPolicy.NEVER:
             reason = nonfinite_reason(record, [layer["name"] for layer in self._registration["layers"]])
             halt = None if reason is None else Halt(reason, record["step"], "client")
         if halt is not None:

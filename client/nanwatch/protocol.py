@@ -51,6 +51,7 @@ from nanwatch.columns import SCALAR_COLUMNS as SCALAR_COLUMNS
 from nanwatch.columns import StepColumns as StepColumns
 from nanwatch.fields import LAYER_FIELDS as LAYER_FIELDS
 from nanwatch.fields import SCALAR_FIELDS as SCALAR_FIELDS
+from nanwatch.vocabulary import HaltPolicy
 
 PROTOCOL_VERSION: Final = 2
 PROTOCOL_VERSIONS: Final = (1, 2)
@@ -62,7 +63,7 @@ JSON: Final = "application/json"
 RUN_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ATTEMPT_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
-HALT_POLICIES: Final = ("critical", "warning", "never")
+HALT_POLICIES: Final = tuple(HaltPolicy)
 DTYPE_POLICIES: Final = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16", "float64")
 LAYER_DTYPES: Final = ("float16", "bfloat16", "float32", "float64")
 """A layer's compute dtype (optional in the layer table; the Keras callback sends it)."""
@@ -316,7 +317,7 @@ def decode_run(obj: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         run[key] = None if obj.get(key) is None else _name(obj[key], key, limits)
     policy = obj.get("dtype_policy")
     run["dtype_policy"] = "float32" if policy is None else _choice(policy, "dtype_policy", DTYPE_POLICIES)
-    run["halt_on"] = _choice(obj.get("halt_on", "critical"), "halt_on", HALT_POLICIES)
+    run["halt_on"] = _choice(obj.get("halt_on", HaltPolicy.CRITICAL), "halt_on", HALT_POLICIES)
     run["stable_loss"] = _bool(obj.get("stable_loss", False), "stable_loss")
     layers = _list(obj.get("layers", []), "layers", limits.layers, "layers")
     run["layers"] = [_decode_layer(v, f"layers[{i}]", limits) for i, v in enumerate(layers)]

@@ -27,7 +27,9 @@ from typing import Any, Final
 from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
+from nanwatch.vocabulary import EventState
 from nanwatch_service.auth import ANONYMOUS, Caller
+from nanwatch_service.detectors import Severity
 from nanwatch_service.engine import Engine, UnknownRun
 
 STATUSES: Final = ("firing", "resolved")
@@ -171,9 +173,9 @@ def record(engine: Engine, run_id: str, alert: Alert) -> None:
             run_id,
             {
                 "detector": "alertmanager",
-                "severity": "info",
+                "severity": Severity.INFO,
                 "layer": None,
-                "state": "closed",
+                "state": EventState.CLOSED,
                 "step": step,
                 "first_step": step,
                 "last_step": step,

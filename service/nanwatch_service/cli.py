@@ -20,6 +20,7 @@ from typing import Any
 
 from nanwatch import protocol
 from nanwatch.transport import HttpTransport, Request
+from nanwatch.vocabulary import HaltPolicy, RunStatus
 from nanwatch_service.auth import ROLE_NAMES, TokenBook, TokensFileError, add_token
 from nanwatch_service.settings import Settings
 
@@ -83,7 +84,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         if name != "runs":
             command.add_argument("run_id", metavar="RUN")
     runs = sub.choices["runs"]
-    runs.add_argument("--status", choices=("running", "halted", "finished", "stale"))
+    runs.add_argument("--status", choices=[str(status) for status in RunStatus])
     runs.add_argument("--team")
     sub.choices["halt"].add_argument("--reason", required=True)
     demo = sub.add_parser("demo", help="watch a small diverging Keras job being halted (needs TensorFlow)")
@@ -216,7 +217,7 @@ def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"nanwatch demo: the service at {where}; run {run_id}")
         print(f"training {demo.TITLE}: unwatched, its loss is NaN at about step 15\n", flush=True)
         callback = NanWatchCallback(
-            url, run_id=run_id, token=args.token, halt_on="critical", lockstep=True, flush_interval=0.05,
+            url, run_id=run_id, token=args.token, halt_on=HaltPolicy.CRITICAL, lockstep=True, flush_interval=0.05,
             name="nanwatch demo", team="demo",
         )  # fmt: skip
         watched = demo.train([callback])

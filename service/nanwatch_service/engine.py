@@ -15,20 +15,22 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
 from nanwatch.columns import StepColumns
+from nanwatch.vocabulary import EventState, HaltPolicy, HaltState, RunStatus
 from nanwatch_service.auth import ANONYMOUS, Caller
 from nanwatch_service.committer import GroupCommitter
-from nanwatch_service.detectors import EpisodeChange, Finding
+from nanwatch_service.detectors import EpisodeChange, Finding, Severity
 from nanwatch_service.halt import finding_to_halt, halt_reason, is_in_force, new_command, wire_command
 from nanwatch_service.run_state import EventKey, RunState, event_from, snapshot, worsen
 from nanwatch_service.settings import Settings
 from nanwatch_service.store import Store, StoreError
 from nanwatch_service.store.base import IngestWrite, RunProgress
+from nanwatch_service.store.rows import CommandRow, EventRow, RunCommandRow, RunHalt, RunRow
 
 
 class UnknownRun(LookupError):
@@ -96,8 +98,8 @@ class Engine:
             if existing is None and self.store.count_runs(spec["team"]) >= self.settings.max_runs_per_team:
                 raise TeamFull(spec["team"], self.settings.max_runs_per_team)
             created = self.store.upsert_run(run_id, spec, now)
-            if existing is not None and existing["status"] in ("halted", "finished"):
-                self.store.update_run(run_id, status="running", last_seen=now)
+            if existing is not None and existing["status"] in (RunStatus.HALTED, RunStatus.FINISHED):
+                self.store.update_run(run_id, status=RunStatus.RUNNING, last_seen=now)
         self.forget(run_id)
         return self.run_view(run_id), created
 
@@ -134,11 +136,11 @@ class Engine:
         pending = self.store.pending_halts([row["run_id"] for row in rows]) if rows else {}
         return [self._view(row, pending.get(row["run_id"])) for row in rows]
 
-    def _view(self, row: dict[str, Any], pending_halt: dict[str, Any] | None) -> dict[str, Any]:
+    def _view(self, row: RunRow, pending_halt: CommandRow | None) -> dict[str, Any]:
         spec = row["spec"]
         status = row["status"]
-        if status == "running" and self.clock() - row["last_seen"] > self.settings.stale_after_s:
-            status = "stale"
+        if status == RunStatus.RUNNING and self.clock() - row["last_seen"] > self.settings.stale_after_s:
+            status = RunStatus.STALE
         halt = row["halt"] if pending_halt is None else _pending_doc(pending_halt)
         return {
             "run_id": row["run_id"],
@@ -157,9 +159,12 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ ingest
-    async def ingest(self, run_id: str, message: Any) -> dict[str, Any]:
-        """Decode a step batch (ProtocolError when it is bad), decide it, commit it; return the reply."""
-        state = await self.state(run_id)
+    async def ingest(self, state: RunState, message: Any) -> dict[str, Any]:
+        """Decode a step batch for the run of ``state`` (from :meth:`visible_state`; ProtocolError when the
+        batch is bad), decide it, commit it; return the reply."""
+        if state.forgotten:  # re-registered or deleted since it was looked up: decide against what replaced it
+            state = await self.state(state.run_id)
+        run_id = state.run_id
         batch = protocol.decode_steps(message, n_layers=state.n_layers, limits=self.settings.limits)
         async with state.lock:
             await self._learn_acked_commands(state, batch.acks)
@@ -182,7 +187,7 @@ class Engine:
             if command is not None:
                 state.add_command(command)
 
-    def _decide(self, state: RunState, batch: protocol.StepBatch) -> tuple[IngestWrite, list[dict[str, Any]]]:
+    def _decide(self, state: RunState, batch: protocol.StepBatch) -> tuple[IngestWrite, list[CommandRow]]:
         now = self.clock()
         fresh = batch.columns.take(state.recent.fresh(batch.attempt, batch.columns))
         findings = state.pipeline.process(fresh)
@@ -192,12 +197,12 @@ class Engine:
         self._record_episodes(state, write, changes, findings)
         recovered, resumed = self._record_client_events(state, write, batch.events)
         if resumed:
-            status, halt = "running", None
+            status, halt = RunStatus.RUNNING, None
         self._apply_policy(state, write, [f for f in findings if f.step > recovered], fresh, now)
         state.remember(fresh)
         state.last_seen = now
-        if batch.final and state.status == "running":
-            state.status = status = "finished"
+        if batch.final and state.status == RunStatus.RUNNING:
+            state.status = status = RunStatus.FINISHED
         write.progress = RunProgress(
             last_seen=now,
             last_step=state.last_step,
@@ -225,24 +230,24 @@ class Engine:
         recovered, resumed = -1, False
         for event in events:
             step = event["step"]
-            doc = {
-                "detector": event["kind"], "severity": "info", "layer": None, "state": "closed", "step": step,
-                "first_step": step, "last_step": step, "end_step": step, "message": event["message"],
+            doc: EventRow = {
+                "detector": event["kind"], "severity": Severity.INFO, "layer": None, "state": EventState.CLOSED,
+                "step": step, "first_step": step, "last_step": step, "end_step": step, "message": event["message"],
                 "remedy": "", "details": event["details"],
             }  # fmt: skip
             write.new_events.append((doc, snapshot(doc)))
-            state.events_total[(event["kind"], "info")] += 1
+            state.events_total[(event["kind"], Severity.INFO)] += 1
             answered = event["details"].get("command_id")
             if answered:
                 recovered = max(recovered, step)
                 halt = state.latest_halt
-                if halt is not None and halt["id"] == answered and state.status == "halted":
-                    state.status, resumed = "running", True
+                if halt is not None and halt["id"] == answered and state.status == RunStatus.HALTED:
+                    state.status, resumed = RunStatus.RUNNING, True
         return recovered, resumed
 
     def _acknowledge(
         self, state: RunState, write: IngestWrite, acks: list[dict[str, Any]], now: float
-    ) -> tuple[str | None, dict[str, Any] | None]:
+    ) -> tuple[RunStatus | None, RunHalt | None]:
         """Apply the job's acknowledgements; the run's new status and halt when one was a halt."""
         status = halt = None
         for ack in acks:
@@ -250,9 +255,9 @@ class Engine:
             command = state.commands.get(ack["id"])
             if command is None or command["acked_at"] is not None:
                 continue  # unknown, or acknowledged before: the first acknowledgement wins
-            command.update(acked_at=now, acked_step=ack["step"])
+            command["acked_at"], command["acked_step"] = now, ack["step"]
             if command["action"] == "halt":
-                state.status = status = "halted"
+                state.status = status = RunStatus.HALTED
                 halt = _halt_doc(command)
         return status, halt
 
@@ -265,7 +270,7 @@ class Engine:
         by_key: dict[EventKey, list[Finding]] = {}
         for finding in findings:
             by_key.setdefault(finding.key, []).append(finding)
-        touched: dict[int, dict[str, Any]] = {}
+        touched: dict[int, EventRow] = {}
         started: set[int] = set()  # events of episodes that started in this batch: their findings start there
         for change in changes:
             if change.kind == "started" and change.key not in state.open_events and change.finding is not None:
@@ -278,7 +283,7 @@ class Engine:
                 event = state.open_events.pop(change.key)
                 since = event["first_step"] if id(event) in started else None
                 self._fold(state, event, by_key.get(change.key, []), since, before=change.step)
-                event.update(state="closed", end_step=change.step)
+                event["state"], event["end_step"] = EventState.CLOSED, change.step
                 touched[id(event)] = event
         for key, event in state.open_events.items():
             since = event["first_step"] if id(event) in started else None
@@ -287,9 +292,7 @@ class Engine:
         write.changed_events += [(event, snapshot(event)) for event in touched.values()]
 
     @staticmethod
-    def _fold(
-        state: RunState, event: dict[str, Any], findings: list[Finding], since: int | None, before: int | None
-    ) -> bool:
+    def _fold(state: RunState, event: EventRow, findings: list[Finding], since: int | None, before: int | None) -> bool:
         """Fold the findings of the event's episode (from ``since``, before ``before``) into it; True when
         there were any."""
         mine = [f for f in findings if (since is None or f.step >= since) and (before is None or f.step < before)]
@@ -301,7 +304,7 @@ class Engine:
     def _apply_policy(
         self, state: RunState, write: IngestWrite, findings: list[Finding], fresh: StepColumns, now: float
     ) -> None:
-        culprit = finding_to_halt(state.spec.get("halt_on", "critical"), findings)
+        culprit = finding_to_halt(state.spec.get("halt_on", HaltPolicy.CRITICAL), findings)
         if culprit is None or is_in_force(state.latest_halt, state.status):
             return
         command = new_command(
@@ -311,7 +314,7 @@ class Engine:
         write.new_commands.append(command)
         self.on_halt("detector")
 
-    def _deliverable(self, state: RunState, write: IngestWrite, now: float) -> list[dict[str, Any]]:
+    def _deliverable(self, state: RunState, write: IngestWrite, now: float) -> list[CommandRow]:
         """Unacknowledged commands never delivered, or delivered over ``redelivery_s`` ago; marks them."""
         due = [
             command
@@ -366,8 +369,9 @@ class Engine:
     async def _halt(
         self, run_id: str, state: RunState | None, reason: str, source: str, sent_by: str | None
     ) -> tuple[dict[str, Any], bool]:
-        if state is not None and is_in_force(state.latest_halt, state.status):
-            return _public_command(state.latest_halt or {}), False
+        in_force = state.latest_halt if state is not None else None
+        if state is not None and in_force is not None and is_in_force(in_force, state.status):
+            return _public_command(in_force), False
         command, created = await run_in_threadpool(self._halt_in_store, run_id, reason, source, sent_by)
         if created:
             if state is not None:
@@ -375,7 +379,7 @@ class Engine:
             self.on_halt(source)
         return _public_command(command), created
 
-    def _halt_in_store(self, run_id: str, reason: str, source: str, sent_by: str | None) -> tuple[dict[str, Any], bool]:
+    def _halt_in_store(self, run_id: str, reason: str, source: str, sent_by: str | None) -> tuple[CommandRow, bool]:
         now = self.clock()
         with self.store.transaction():
             row = self.store.get_run(run_id)
@@ -430,29 +434,46 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def learn_commands(self, commands: list[dict[str, Any]]) -> None:
+    def learn_commands(self, commands: list[RunCommandRow]) -> None:
         """Add commands issued elsewhere to the runs held here (those already known stay as they are)."""
         for command in commands:
             state = self._states.get(command["run_id"])
             if state is not None and command["id"] not in state.commands:
-                state.add_command({k: v for k, v in command.items() if k != "run_id"})
+                state.add_command(cast(CommandRow, {k: v for k, v in command.items() if k != "run_id"}))
 
     # ------------------------------------------------------------------ cache
     async def state(self, run_id: str) -> RunState:
         """The run's in-memory state, loaded from the store on first use (once, however many ask)."""
         with self._states_lock:
             state = self._states.get(run_id)
-        if state is not None:
-            return state
+        return state if state is not None else await self._load_once(run_id, None)
+
+    async def visible_state(self, run_id: str, caller: Caller) -> RunState:
+        """The run's in-memory state as :meth:`state`, once ``caller`` may see the run: a run of another team
+        raises the same :class:`UnknownRun` as a missing one, and is not loaded."""
+        with self._states_lock:
+            state = self._states.get(run_id)
+        if state is None:
+            row = await run_in_threadpool(self.store.get_run, run_id)
+            if row is None or not caller.can_see(row["team"]):
+                raise UnknownRun(run_id)
+            return await self._load_once(run_id, row)
+        if not caller.can_see(state.team or None):
+            raise UnknownRun(run_id)
+        return state
+
+    async def _load_once(self, run_id: str, row: RunRow | None) -> RunState:
         loading = self._loading.get(run_id)
         if loading is None:
-            loading = asyncio.ensure_future(run_in_threadpool(self._load, run_id))
+            loading = asyncio.ensure_future(run_in_threadpool(self._load, run_id, row))
             self._loading[run_id] = loading
             loading.add_done_callback(lambda _: self._loading.pop(run_id, None))
         return await asyncio.shield(loading)
 
-    def _load(self, run_id: str) -> RunState:
-        row = self.store.get_run(run_id)
+    def _load(self, run_id: str, row: RunRow | None) -> RunState:
+        """Build the run's state from ``row`` (read here when None) and keep it, unless another request's
+        load won meanwhile."""
+        row = self.store.get_run(run_id) if row is None else row
         if row is None:
             raise UnknownRun(run_id)
         loaded = RunState.load(self.store, row, horizon=self.settings.horizon, window=self.settings.window)
@@ -468,20 +489,22 @@ class Engine:
         """Drop the run's in-memory state (the next request reloads it from the store)."""
         with self._states_lock:
             state = self._states.pop(run_id, None)
+        if state is not None:
+            state.forgotten = True
         if state is not None and self._loop is not None:  # its channels look again, at what replaces it
             self._loop.call_soon_threadsafe(state.wake)
 
 
-def _halt_doc(command: dict[str, Any]) -> dict[str, Any]:
+def _halt_doc(command: CommandRow) -> RunHalt:
     """A run's halt once the job acknowledged it: where it really stopped."""
-    return {**_pending_doc(command), "state": "acknowledged"}
+    return {**_pending_doc(command), "state": HaltState.ACKNOWLEDGED}
 
 
-def _pending_doc(command: dict[str, Any]) -> dict[str, Any]:
+def _pending_doc(command: CommandRow) -> RunHalt:
     """A run's halt from the moment it exists: who sent it, why, when, and where the job must stop."""
     return {
         "command_id": command["id"],
-        "state": "pending",
+        "state": HaltState.PENDING,
         "reason": command["reason"],
         "source": command["source"],
         "step": command["step"],
@@ -494,6 +517,6 @@ def _pending_doc(command: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _public_command(command: dict[str, Any]) -> dict[str, Any]:
+def _public_command(command: CommandRow) -> dict[str, Any]:
     public = {**wire_command(command), "created_at": command["created_at"], "acked_step": command["acked_step"]}
     return public | {"sent_by": command.get("sent_by")}

@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
-from nanwatch_service.detectors import SEVERITY_RANK, Finding
+from nanwatch.vocabulary import HaltPolicy, RunStatus
+from nanwatch_service.detectors import SEVERITY_RANK, Finding, Severity
+from nanwatch_service.store.rows import CommandRow
 
-POLICY_MIN_SEVERITY = {"critical": "critical", "warning": "warning", "never": None}
+LEAST_SEVERITY_TO_HALT: Final[dict[str, Severity | None]] = {
+    HaltPolicy.CRITICAL: Severity.CRITICAL,
+    HaltPolicy.WARNING: Severity.WARNING,
+    HaltPolicy.NEVER: None,
+}
+"""Under each halt policy, the least severe finding that halts the run (None: none does)."""
 
 
 def finding_to_halt(policy: str, findings: Sequence[Finding]) -> Finding | None:
     """The finding that makes ``policy`` halt the run (the most severe, then the earliest), or None."""
-    minimum = POLICY_MIN_SEVERITY[policy]
+    minimum = LEAST_SEVERITY_TO_HALT[policy]
     if minimum is None:
         return None
     eligible = [f for f in findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[minimum]]
@@ -34,7 +41,7 @@ def finding_to_halt(policy: str, findings: Sequence[Finding]) -> Finding | None:
 
 def new_command(
     *, reason: str, source: str, step: int | None, at_step: int, now: float, sent_by: str | None = None
-) -> dict[str, Any]:
+) -> CommandRow:
     """A halt command ready for the store; ``sent_by`` names the token that asked (None for a detector)."""
     return {
         "id": uuid.uuid4().hex,
@@ -51,10 +58,16 @@ def new_command(
     }
 
 
-def wire_command(command: dict[str, Any]) -> dict[str, Any]:
+def wire_command(command: CommandRow) -> dict[str, Any]:
     """The part of a stored command the job receives."""
-    keys = ("id", "action", "reason", "source", "step", "at_step")
-    return {k: command[k] for k in keys}
+    return {
+        "id": command["id"],
+        "action": command["action"],
+        "reason": command["reason"],
+        "source": command["source"],
+        "step": command["step"],
+        "at_step": command["at_step"],
+    }
 
 
 def halt_reason(finding: Finding) -> str:
@@ -63,8 +76,8 @@ def halt_reason(finding: Finding) -> str:
     return f"{finding.detector}{where} at step {finding.step}: {finding.message} Fix: {finding.remedy}"
 
 
-def is_in_force(command: dict[str, Any] | None, run_status: str) -> bool:
+def is_in_force(command: CommandRow | None, run_status: str) -> bool:
     """A halt counts as in force while pending, or once acknowledged while the run stays halted."""
     if command is None:
         return False
-    return command["acked_at"] is None or run_status == "halted"
+    return command["acked_at"] is None or run_status == RunStatus.HALTED

@@ -20,17 +20,18 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from nanwatch.vocabulary import Health, RunStatus
 from nanwatch_service.engine import Engine
 from nanwatch_service.run_state import RunState
 
-_HEALTH: Final = {"ok": 0, "warning": 1, "critical": 2}
+_HEALTH: Final = {Health.OK: 0, Health.WARNING: 1, Health.CRITICAL: 2}
 
 RUN_GAUGES: Final[tuple[tuple[str, str, Callable[[RunState], float | None]], ...]] = (
     ("nanwatch_run_loss", "Latest per-batch loss.", lambda run: run.loss),
     ("nanwatch_run_grad_norm", "Latest global gradient norm.", lambda run: run.grad_norm),
     ("nanwatch_run_step", "Latest step received.", lambda run: run.last_step),
     ("nanwatch_run_health", "0 ok, 1 warning, 2 critical.", lambda run: _HEALTH[run.health]),
-    ("nanwatch_run_halted", "1 once the job acknowledged a halt.", lambda run: run.status == "halted"),
+    ("nanwatch_run_halted", "1 once the job acknowledged a halt.", lambda run: run.status == RunStatus.HALTED),
     (
         "nanwatch_run_steps_to_nonfinite",
         "Forecast steps until a non-finite value; +Inf when none.",

@@ -13,14 +13,16 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 
 from nanwatch.columns import StepColumns
-from nanwatch_service.detectors import SEVERITY_RANK, EpisodeTracker, Finding, Pipeline
+from nanwatch.vocabulary import EventState, Health, RunStatus
+from nanwatch_service.detectors import SEVERITY_RANK, EpisodeTracker, Finding, Pipeline, Severity
 from nanwatch_service.store import Store
 from nanwatch_service.store.chunks import StoredChunk
+from nanwatch_service.store.rows import CommandRow, EventRow, RunRow
 
 EventKey = tuple[str, str | None]
 TOP_LAYERS: Final = 3
@@ -87,7 +89,7 @@ class RunState:
     pipeline: Pipeline
     tracker: EpisodeTracker
     team: str = ""
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     last_seen: float = 0.0
     last_step: int | None = None
     loss: float | None = None
@@ -99,15 +101,18 @@ class RunState:
     """Max |activation| of the layer closest to its dtype's largest value (the least headroom)."""
     act_dtype_max: float | None = None
     """The largest finite value of that layer's compute dtype."""
-    open_events: dict[EventKey, dict[str, Any]] = field(default_factory=dict)
+    open_events: dict[EventKey, EventRow] = field(default_factory=dict)
     events_total: Counter[tuple[str, str]] = field(default_factory=Counter)
-    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    commands: dict[str, CommandRow] = field(default_factory=dict)
     """Commands not yet acknowledged, and the latest halt (acknowledged or not), by id."""
     recent: RecentKeys = field(default_factory=RecentKeys)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while one request of this run is decided, so that the run's requests are taken in order."""
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
     """The command channels waiting for this run's next command."""
+    forgotten: bool = False
+    """The engine dropped this state (the run registered again, was deleted, or a write failed): a request
+    that looked it up before then decides against the state that replaces it."""
 
     def __post_init__(self) -> None:
         layers = self.pipeline.run
@@ -116,7 +121,7 @@ class RunState:
         self._act_limits = [float(limit) for limit in layers.act_limits]
 
     @classmethod
-    def load(cls, store: Store, row: dict[str, Any], *, horizon: int, window: int) -> RunState:
+    def load(cls, store: Store, row: RunRow, *, horizon: int, window: int) -> RunState:
         """Build the state of a stored run, replaying its recent history into the detectors."""
         spec = row["spec"]
         state = cls(
@@ -125,12 +130,12 @@ class RunState:
             pipeline=Pipeline(spec, horizon=horizon, window=window),
             tracker=EpisodeTracker(),
             team=row["team"] or "",
-            status=row["status"],
+            status=RunStatus(row["status"]),
             last_seen=row["last_seen"],
             last_step=row["last_step"],
         )
         state._replay(store.recent_chunks(row["run_id"], window), window)
-        for event in store.list_events(row["run_id"], state="open", limit=10_000):
+        for event in store.list_events(row["run_id"], state=EventState.OPEN, limit=10_000):
             state.open_events[(event["detector"], event["layer"])] = event
         state.tracker.update([], [_finding_of(event) for event in state.open_events.values()])
         latest_halt = store.active_halt(row["run_id"])
@@ -152,10 +157,10 @@ class RunState:
         return len(self.spec.get("layers", []))
 
     @property
-    def health(self) -> str:
-        """``ok``, ``warning`` or ``critical``: the worst open event (info events do not count)."""
+    def health(self) -> Health:
+        """The worst open event's severity (info events do not count)."""
         worst = max((SEVERITY_RANK[e["severity"]] for e in self.open_events.values()), default=0)
-        return ("ok", "warning", "critical")[worst]
+        return Health.of_rank(worst)
 
     @property
     def steps_to_nonfinite(self) -> float:
@@ -163,7 +168,7 @@ class RunState:
         return self.pipeline.steps_to_nonfinite
 
     @property
-    def latest_halt(self) -> dict[str, Any] | None:
+    def latest_halt(self) -> CommandRow | None:
         """The run's latest halt command, acknowledged or not."""
         halts = [c for c in self.commands.values() if c["action"] == "halt"]
         return max(halts, key=lambda c: c["created_at"], default=None)
@@ -175,12 +180,12 @@ class RunState:
             return None
         return self.act_dtype_max / self.act_max_abs if self.act_max_abs > 0 else math.inf
 
-    def pending_commands(self, known: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    def pending_commands(self, known: frozenset[str] = frozenset()) -> list[CommandRow]:
         """Unacknowledged commands, oldest first, but those in ``known``."""
         pending = [c for c in self.commands.values() if c["acked_at"] is None and c["id"] not in known]
         return sorted(pending, key=lambda c: c["created_at"])
 
-    def add_command(self, command: dict[str, Any]) -> None:
+    def add_command(self, command: CommandRow) -> None:
         """Hold a new command and wake the channels waiting for one."""
         self.commands[command["id"]] = command
         self.wake()
@@ -222,17 +227,17 @@ class RunState:
 
     def exported(self, now: float, stale_after_s: float) -> bool:
         """Whether Prometheus should see this run: not finished and not silent."""
-        return self.status != "finished" and now - self.last_seen <= stale_after_s
+        return self.status != RunStatus.FINISHED and now - self.last_seen <= stale_after_s
 
 
-def event_from(finding: Finding) -> dict[str, Any]:
+def event_from(finding: Finding) -> EventRow:
     """A new open event from the finding that started its episode. ``severity_steps`` records the step
     at which the episode first reached each severity (a warning that turns critical keeps both)."""
     return {
         "detector": finding.detector,
         "severity": finding.severity,
         "layer": finding.layer,
-        "state": "open",
+        "state": EventState.OPEN,
         "step": finding.step,
         "first_step": finding.step,
         "last_step": finding.step,
@@ -246,39 +251,37 @@ def event_from(finding: Finding) -> dict[str, Any]:
     }
 
 
-def snapshot(event: dict[str, Any]) -> dict[str, Any]:
+def snapshot(event: EventRow) -> EventRow:
     """An event's fields as they are now, for the store (the live dict keeps changing)."""
-    copied = {k: v for k, v in event.items() if k != "id"}
+    copied = event.copy()
+    copied.pop("id", None)
     copied["severity_steps"] = dict(event.get("severity_steps", {}))
     return copied
 
 
-def worsen(event: dict[str, Any], finding: Finding) -> bool:
+def worsen(event: EventRow, finding: Finding) -> bool:
     """Fold a later finding of the same episode into its event; True when the severity rose."""
     rose = SEVERITY_RANK[finding.severity] > SEVERITY_RANK[event["severity"]]
     if rose:
         event["severity"] = finding.severity
         event.setdefault("severity_steps", {})[finding.severity] = finding.step
-    event.update(
-        last_step=max(event["last_step"], finding.step),
-        value=finding.value,
-        threshold=finding.threshold,
-        message=finding.message,
-        remedy=finding.remedy,
-        steps_to_nonfinite=_forecast(finding),
-    )
+    event["last_step"] = max(event["last_step"], finding.step)
+    event["value"], event["threshold"] = finding.value, finding.threshold
+    event["message"], event["remedy"] = finding.message, finding.remedy
+    event["steps_to_nonfinite"] = _forecast(finding)
     return rose
 
 
-def _finding_of(event: dict[str, Any]) -> Finding:
-    """The finding an open event stands for, to reopen its episode in a fresh tracker."""
+def _finding_of(event: EventRow) -> Finding:
+    """The finding an open event stands for, to reopen its episode in a fresh tracker (an open event is a
+    detector's: it has a value and a threshold)."""
     return Finding(
         detector=event["detector"],
-        severity=event["severity"],
+        severity=Severity(event["severity"]),
         step=event["last_step"],
         layer=event["layer"],
-        value=event["value"],
-        threshold=event["threshold"],
+        value=cast(float, event["value"]),
+        threshold=cast(float, event["threshold"]),
         message=event["message"],
         remedy=event["remedy"],
         steps_to_nonfinite=event.get("steps_to_nonfinite"),

@@ -18,6 +18,7 @@ ALLOWED_IMPORTS = {
     "array",
     "collections",
     "dataclasses",
+    "enum",
     "functools",
     "math",
     "numpy",

@@ -15,6 +15,7 @@ from nanwatch.keras import _recovery
 from nanwatch.keras._instrument import Instrumentation
 from nanwatch.keras._recovery import Recovery
 from nanwatch.monitor import Halt, Monitor
+from nanwatch.vocabulary import HaltPolicy
 
 
 class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras ships no type hints
@@ -116,7 +117,7 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         run_id: str | None = None,
         *,
         token: str | None = None,
-        halt_on: str = "critical",
+        halt_on: str = HaltPolicy.CRITICAL,
         activation_stats: bool = True,
         activation_stride: int | str = "auto",
         save_on_halt: str | None = None,
@@ -244,7 +245,7 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         step, self._step = self._step + count - 1, self._step + count
         unpack = inst.unpacker(vec)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)  # and per layer
-        if finite or self.monitor.halt_on == "never" or self._recovery is not None:
+        if finite or self.monitor.halt_on == HaltPolicy.NEVER or self._recovery is not None:
             return step, self.monitor.log_step_later(step, unpack), finite
         return step, self.monitor.log_step(step, **unpack()), finite
 
@@ -263,7 +264,7 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
         if not (self.lockstep or (recovering and (snapshot or not finite))):
             return None
         halt = self.monitor.sync(step, timeout=self.lockstep_timeout)
-        if halt is None and recovering and not finite and self.monitor.halt_on != "never":
+        if halt is None and recovering and not finite and self.monitor.halt_on != HaltPolicy.NEVER:
             reason = f"non-finite loss or gradient norm at step {step}, and no halt from the service to recover from"
             return Halt(reason, step, "client")
         return halt

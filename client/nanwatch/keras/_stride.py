@@ -10,8 +10,8 @@ uses ``LOWEST``. A step is timed from the train function's call to the callback'
 (which waits for the device), the medians of the recent light and detail steps compared; the first call
 of each train function (its trace) is not counted.
 
-A fixed stride k keeps the detail steps on the multiples of k (global steps), as it always has; "auto" also
-takes one at the first step of each ``fit``.
+A fixed stride k keeps the detail steps on the multiples of k (global steps); "auto" also takes one at the
+first step of each ``fit``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Final
 BUDGET: Final = 0.005
 """The share of the training time the detail steps may add under ``"auto"``: half a percent, so that with
 the light steps' own cost (1-2 % of a small model's step on a 2-vCPU CPU, far less on a GPU) the callback
-stays within issue 3's 3 % at defaults. Every step already carries what names a NaN/Inf; the details are
+costs at most 3 % of the training time at defaults. Every step already carries what names a NaN/Inf; the details are
 the slower-moving statistics (std, fractions, weight and update norms), for which every ~20th-50th step is
 plenty. ``activation_stride=10`` buys them more often."""
 LOWEST: Final = 10

@@ -1,4 +1,5 @@
-"""Dependencies shared by the routers: the engine, settings, the caller and the run-id path parameter.
+"""Dependencies shared by the routers: the engine, settings, the caller and the run-id path parameter (or the
+run's in-memory state, for ingest).
 
 Who calls is resolved once per request, by :func:`get_caller` (FastAPI caches a dependency within a
 request). A route states the role it needs and, when it takes a run id, asks for a visible one::
@@ -13,13 +14,15 @@ same 404 as a missing one.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from enum import Enum
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Path, Request
 
 from nanwatch.protocol import RUN_ID_PATTERN
 from nanwatch_service.auth import ANONYMOUS, Caller, Role, TokenBook
 from nanwatch_service.engine import Engine, UnknownRun
+from nanwatch_service.run_state import RunState
 from nanwatch_service.settings import Settings
 
 
@@ -97,6 +100,24 @@ def ensure_visible(caller: Caller, run_id: str, team: str | None) -> None:
 
 
 VisibleRunId = Annotated[str, Depends(visible_run_id)]
+
+
+async def visible_run(run_id: RunId, caller: CallerDep, engine: EngineDep) -> RunState:
+    """The in-memory state of the path's run, once the run exists and the caller may see it (the same 404
+    as :func:`visible_run_id`): what the ingest route hands the engine, so that the run is looked up once."""
+    return await engine.visible_state(run_id, caller)
+
+
+VisibleRun = Annotated[RunState, Depends(visible_run)]
+
+
+def words_of(vocabulary: type[Enum]) -> Any:
+    """The type of a query parameter that takes the words of ``vocabulary`` (a string enum) as plain
+    strings, ``Literal[...]`` of them: the OpenAPI document lists them inline and a bad value is a 422 of
+    type ``literal_error``, as an enum class would not have it. Use it behind ``TYPE_CHECKING``, where the
+    enum itself is the type."""
+    return Literal[tuple(str(word) for word in vocabulary)]
+
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "tokens are configured and the request has no known bearer token"},

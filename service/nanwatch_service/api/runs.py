@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
+from nanwatch.vocabulary import RunStatus
 from nanwatch_service.api.codec import read_message, respond
 from nanwatch_service.api.deps import (
     BODY_ERRORS,
@@ -20,11 +21,17 @@ from nanwatch_service.api.deps import (
     SettingsDep,
     VisibleRunId,
     WriterRole,
+    words_of,
 )
 from nanwatch_service.api.schemas import RUN_BODY, request_body
 from nanwatch_service.store.base import BIGGEST
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+if TYPE_CHECKING:
+    StatusWord = RunStatus
+else:
+    StatusWord = words_of(RunStatus)
 
 
 @router.put(
@@ -50,7 +57,7 @@ async def list_runs(
     request: Request,
     engine: EngineDep,
     caller: CallerDep,
-    status: Literal["running", "halted", "finished", "stale"] | None = None,
+    status: StatusWord | None = None,
     team: Annotated[str | None, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=BIGGEST)] = 0,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from nanwatch import protocol
+from nanwatch.vocabulary import HaltPolicy
 from nanwatch_service.store.base import BIGGEST
 
 _FLOAT: Final = {
@@ -43,7 +44,7 @@ RUN_BODY: dict[str, Any] = _object(
         },
         "framework": {**_OPTIONAL_NAME, "examples": ["keras-3.15/tensorflow-2.21"]},
         "dtype_policy": {"enum": [*protocol.DTYPE_POLICIES, None], "default": "float32"},
-        "halt_on": {"type": "string", "enum": list(protocol.HALT_POLICIES), "default": "critical"},
+        "halt_on": {"type": "string", "enum": [str(p) for p in HaltPolicy], "default": str(HaltPolicy.CRITICAL)},
         "stable_loss": {
             "type": "boolean",
             "default": False,

@@ -10,9 +10,19 @@ from starlette.concurrency import run_in_threadpool
 
 from nanwatch import protocol
 from nanwatch_service.api.codec import read_message, respond
-from nanwatch_service.api.deps import BODY_ERRORS, ERRORS, EngineDep, ReaderRole, SettingsDep, VisibleRunId, WriterRole
+from nanwatch_service.api.deps import (
+    BODY_ERRORS,
+    ERRORS,
+    EngineDep,
+    ReaderRole,
+    SettingsDep,
+    VisibleRun,
+    VisibleRunId,
+    WriterRole,
+)
 from nanwatch_service.api.schemas import BATCH_BODY, list_pattern, request_body
 from nanwatch_service.store.base import BIGGEST
+from nanwatch_service.store.rows import StepRow
 
 router = APIRouter(prefix="/v1/runs/{run_id}/steps", tags=["steps"])
 
@@ -23,7 +33,7 @@ FIELDS_PATTERN: Final = list_pattern(RECORD_FIELDS)
 @router.post(
     "", dependencies=[WriterRole], responses=BODY_ERRORS, openapi_extra=request_body(BATCH_BODY, msgpack=False)
 )
-async def ingest_steps(run_id: VisibleRunId, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+async def ingest_steps(run: VisibleRun, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     """Store a batch of step records; the reply carries ``accepted`` and the run's pending commands, and
     leaves once the batch is committed. JSON carries protocol 1 (records as maps); msgpack carries protocol
     2 (packed columns, what the client sends; see ``nanwatch.protocol``) or protocol 1."""
@@ -31,7 +41,7 @@ async def ingest_steps(run_id: VisibleRunId, request: Request, engine: EngineDep
     message = await read_message(request, settings.max_body_bytes)
     if isinstance(message, dict) and message.get("protocol") == 2 and _is_json(request):
         raise protocol.ProtocolError("protocol", "protocol 2 carries packed arrays: send it as application/msgpack")
-    reply = await engine.ingest(run_id, message)
+    reply = await engine.ingest(run, message)
     request.app.state.metrics.observe_ingest(time.perf_counter() - started)
     return respond(request, reply)
 
@@ -73,5 +83,5 @@ def _is_json(request: Request) -> bool:
     return protocol.content_type_of(request.headers.get("content-type")) == protocol.JSON
 
 
-def _project(row: dict[str, Any]) -> dict[str, Any]:
+def _project(row: StepRow) -> dict[str, Any]:
     return {"seq": row["seq"], "attempt": row["attempt"], "received_at": row["received_at"], **row["record"]}

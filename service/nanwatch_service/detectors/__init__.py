@@ -16,16 +16,19 @@
 | ``gradients`` | :class:`VanishingGradient`, :class:`UpdateRatio` |
 | ``loss_scale`` | :class:`LossScale` |
 
-Shared machinery: ``batch`` (records to columnar arrays, read lazily), ``series`` and ``context`` (the per-run
-trailing window that :meth:`Pipeline.warm` rebuilds), ``robust`` (rolling median/MAD z-scores), ``forecast``
-(``steps_to_nonfinite``), ``pipeline`` (:class:`Pipeline` and ``DEFAULT_DETECTORS``) and ``episodes``
-(:class:`EpisodeTracker`). Nothing here imports TensorFlow, Keras or FastAPI, or does I/O.
+Shared machinery: ``batch`` (records to columnar arrays, read lazily), ``series`` and ``context``
+(:class:`DetectorMemory`, the per-run trailing window that :meth:`Pipeline.warm` rebuilds;
+:class:`DetectorSettings`; :class:`BatchView`), ``robust`` (rolling median/MAD z-scores), ``forecast``
+(``steps_to_nonfinite``), ``pipeline`` (:class:`Pipeline` and ``DEFAULT_DETECTORS``), ``episodes``
+(:class:`EpisodeTracker`) and ``nonfinite_masks`` (which records hold a non-finite value: the rule
+``nonfinite`` reports on and the forecast reads). Nothing here imports TensorFlow, Keras or FastAPI, or
+does I/O.
 """
 
 from .activations import DeadRelu, ZeroVariance
 from .amplification import Amplification
 from .base import Detector
-from .context import BatchView
+from .context import BatchView, DetectorMemory, DetectorSettings
 from .episodes import EpisodeChange, EpisodeTracker
 from .explosion import GradExplosion
 from .finding import SEVERITY_RANK, Finding, Severity
@@ -44,6 +47,8 @@ __all__ = [
     "BatchView",
     "DeadRelu",
     "Detector",
+    "DetectorMemory",
+    "DetectorSettings",
     "EpisodeChange",
     "EpisodeTracker",
     "Finding",

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from .base import fmt, hits
 from .context import BatchView
-from .finding import Finding
+from .finding import Finding, Severity
 
 ZERO_ROWS_REMEDY = (
     "a division by the variance or std of these rows gives inf/NaN: add an epsilon to the denominator "
@@ -52,14 +52,14 @@ class ZeroVariance:
         )
         step = int(view.batch.steps[i])
         return Finding(
-            self.name, "warning", step, name, value, self.fraction, message, ZERO_ROWS_REMEDY.format(name=name)
+            self.name, Severity.WARNING, step, name, value, self.fraction, message, ZERO_ROWS_REMEDY.format(name=name)
         )
 
     def _collapsed(self, view: BatchView, i: int, layer: int) -> Finding:
         name = view.run.names[layer]
         message = f"'{name}' outputs one constant for the whole batch (std 0) though it varied at earlier steps"
         step = int(view.batch.steps[i])
-        return Finding(self.name, "warning", step, name, 0.0, 0.0, message, COLLAPSED_REMEDY.format(name=name))
+        return Finding(self.name, Severity.WARNING, step, name, 0.0, 0.0, message, COLLAPSED_REMEDY.format(name=name))
 
 
 @dataclass(frozen=True)
@@ -85,4 +85,6 @@ class DeadRelu:
         name = view.run.names[layer]
         message = f"{value:.1%} of the outputs of '{name}' are exactly 0 (threshold {self.fraction:.0%})"
         step = int(view.batch.steps[i])
-        return Finding(self.name, "info", step, name, value, self.fraction, message, DEAD_RELU_REMEDY.format(name=name))
+        return Finding(
+            self.name, Severity.INFO, step, name, value, self.fraction, message, DEAD_RELU_REMEDY.format(name=name)
+        )

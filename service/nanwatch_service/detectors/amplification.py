@@ -15,7 +15,7 @@ import numpy as np
 
 from .base import fmt, hits, ratio_where
 from .context import BatchView
-from .finding import Finding
+from .finding import Finding, Severity
 
 DIVISION_REMEDY = (
     "`{name}` divides by something close to 0 (a variance, norm or count): use an epsilon that matches the "
@@ -57,4 +57,4 @@ class Amplification:
         )
         step = int(view.batch.steps[i])
         remedy = (DIVISION_REMEDY if view.run.is_custom(layer) else WEIGHTS_REMEDY).format(name=name)
-        return Finding(self.name, "warning", step, name, gain, self.gain, message, remedy)
+        return Finding(self.name, Severity.WARNING, step, name, gain, self.gain, message, remedy)

@@ -1,7 +1,8 @@
-"""Per-run state kept between batches, and the view of it that detectors read while a batch is processed.
+"""The detectors' memory of a run between batches, their settings, and the view of both that a detector
+reads while a batch is processed.
 
-The state is a cache: the last ``window`` values of every series in :data:`series.SERIES` plus two
-per-layer rows. Replaying stored records through :meth:`RunState.append` rebuilds it exactly.
+The memory is a cache: the last ``window`` values of every series in :data:`series.SERIES` plus two
+per-layer rows. Replaying stored records through :meth:`DetectorMemory.append` rebuilds it exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .run_info import RunInfo
 from .series import SERIES, forecast_limits
 
 
-class RunState:
+class DetectorMemory:
     """Trailing history of one run: series values and the per-layer rows the detectors compare against."""
 
     def __init__(self, run: RunInfo, window: int) -> None:
@@ -41,7 +42,7 @@ class RunState:
 
 
 @dataclass
-class Settings:
+class DetectorSettings:
     """Pipeline-wide parameters the detectors share."""
 
     horizon: int = 10
@@ -52,13 +53,16 @@ class Settings:
 class BatchView:
     """A batch together with its run's history; computes shared series, z-scores and forecasts once."""
 
-    def __init__(self, run: RunInfo, batch: Batch, state: RunState, settings: Settings) -> None:
+    def __init__(self, run: RunInfo, batch: Batch, memory: DetectorMemory, settings: DetectorSettings) -> None:
         self.run = run
         self.batch = batch
-        self.state = state
+        self.memory = memory
         self.settings = settings
         self._series: dict[str, FloatArray] = {}
-        self._cache: dict[tuple[str, float], FloatArray] = {}
+        self._z: dict[tuple[str, float, float], FloatArray] = {}
+        """Robust z by ``(series, scale_floor, relative_floor)``."""
+        self._medians: dict[str, FloatArray] = {}
+        self._forecasts: dict[str, FloatArray] = {}
         self._memo: dict[str, Any] = {}
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -76,7 +80,7 @@ class BatchView:
         """History of ``name`` followed by this batch's ``n`` values."""
         if name not in self._series:
             fresh = SERIES[name](self.run, self.batch)
-            self._series[name] = np.concatenate([self.state.series[name], fresh])
+            self._series[name] = np.concatenate([self.memory.series[name], fresh])
         return self._series[name]
 
     def current(self, name: str) -> FloatArray:
@@ -85,10 +89,10 @@ class BatchView:
 
     def z(self, name: str, scale_floor: float, relative_floor: float = 0.0) -> FloatArray:
         """Robust z of each record's ``name`` against the trailing window (NaN during warm-up)."""
-        key = (f"{name}/{relative_floor}", scale_floor)
-        if key not in self._cache:
+        key = (name, scale_floor, relative_floor)
+        if key not in self._z:
             settings = self.settings
-            self._cache[key] = robust.robust_z(
+            self._z[key] = robust.robust_z(
                 self.series(name),
                 self.n,
                 settings.window,
@@ -96,7 +100,7 @@ class BatchView:
                 scale_floor=scale_floor,
                 relative_floor=relative_floor,
             )
-        return self._cache[key]
+        return self._z[key]
 
     def spike(self, name: str, threshold: float, scale_floor: float, relative_floor: float = 0.0) -> BoolArray:
         """Per record: robust z of ``name`` above ``threshold`` and the value past the window's tail
@@ -141,24 +145,22 @@ class BatchView:
 
     def median(self, name: str) -> FloatArray:
         """Median of ``name`` over the trailing window before each record (NaN without history)."""
-        key = (name, -2.0)
-        if key not in self._cache:
-            self._cache[key] = robust.window_median(self.series(name), self.n, self.settings.window)
-        return self._cache[key]
+        if name not in self._medians:
+            self._medians[name] = robust.window_median(self.series(name), self.n, self.settings.window)
+        return self._medians[name]
 
     def forecast(self, name: str) -> FloatArray:
         """Steps until series ``name`` reaches its limit, per record (+inf when not growing)."""
-        key = (name, -1.0)
-        if key not in self._cache:
+        if name not in self._forecasts:
             limit = forecast_limits(self.run)[name]
-            self._cache[key] = steps_to_limit(self.series(name), self.n, limit, self.settings.window)
-        return self._cache[key]
+            self._forecasts[name] = steps_to_limit(self.series(name), self.n, limit, self.settings.window)
+        return self._forecasts[name]
 
     def previous_weight_norm(self) -> FloatArray:
         """Per record and layer, the weight norm of the record before (the weights this update started from)."""
         weight_norm, present = self.batch.layer("weight_norm")
         rows = np.where(present[:, None], weight_norm, np.nan)
-        return np.vstack([self.state.last_weight_norm[None, :], rows[:-1]])
+        return np.vstack([self.memory.last_weight_norm[None, :], rows[:-1]])
 
     def varies(self) -> BoolArray:
         """Per record and layer: the layer's output had a non-zero, finite spread at that step."""
@@ -173,4 +175,4 @@ class BatchView:
     def varied_before(self) -> BoolArray:
         """Per record and layer: the layer's output varied at some earlier step of the run."""
         seen = np.logical_or.accumulate(self.varies(), axis=0)
-        return np.vstack([self.state.varied[None, :], self.state.varied | seen[:-1]])
+        return np.vstack([self.memory.varied[None, :], self.memory.varied | seen[:-1]])

@@ -49,9 +49,9 @@ class GradExplosion:
 
     def _finding(self, view: BatchView, i: int, z: float, spike: bool, steps: float) -> Finding:
         horizon = view.settings.horizon
-        severity: Severity = "critical" if steps <= horizon else "warning"
-        if severity == "critical" or not spike:
-            value, threshold = steps, float(horizon if severity == "critical" else self.warn_factor * horizon)
+        severity = Severity.CRITICAL if steps <= horizon else Severity.WARNING
+        if severity == Severity.CRITICAL or not spike:
+            value, threshold = steps, float(horizon if severity == Severity.CRITICAL else self.warn_factor * horizon)
         else:
             value, threshold = z, self.z_threshold
         message = _describe(view, i, z, steps) + f" (threshold: z > {fmt(self.z_threshold)} or a forecast"

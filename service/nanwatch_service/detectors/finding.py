@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal
+from enum import Enum
+from typing import Final
 
-Severity = Literal["info", "warning", "critical"]
-SEVERITY_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "critical": 2}
+
+class Severity(str, Enum):
+    """How bad a finding is, in rising order. A string enum, as those of ``nanwatch.vocabulary`` (a member
+    is its word on the wire and in the store), spelled out here: detectors import only the standard library
+    and numpy."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
+
+
+SEVERITY_RANK: Final[dict[str, int]] = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+"""A severity's rank, the larger the worse (a plain string finds its member's rank too)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .base import fmt, hits, ratio_where
 from .context import BatchView
-from .finding import Finding
+from .finding import Finding, Severity
 
 VANISHING_REMEDY = (
     "the layers before `{name}` barely learn: use ReLU-family activations instead of sigmoid/tanh in hidden "
@@ -47,7 +47,7 @@ class VanishingGradient:
         )
         step = int(view.batch.steps[i])
         return Finding(
-            self.name, "warning", step, name, value, self.threshold, message, VANISHING_REMEDY.format(name=name)
+            self.name, Severity.WARNING, step, name, value, self.threshold, message, VANISHING_REMEDY.format(name=name)
         )
 
 
@@ -83,4 +83,4 @@ class UpdateRatio:
             f"threshold {fmt(self.threshold)})"
         )
         step = int(view.batch.steps[i])
-        return Finding(self.name, "warning", step, name, ratio, self.threshold, message, UPDATE_REMEDY)
+        return Finding(self.name, Severity.WARNING, step, name, ratio, self.threshold, message, UPDATE_REMEDY)

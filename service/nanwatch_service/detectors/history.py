@@ -18,8 +18,8 @@ import numpy as np
 from nanwatch.columns import StepColumns
 
 from .batch import Batch, BoolArray, FloatArray
-from .context import BatchView, RunState, Settings
-from .nonfinite import holds_nonfinite
+from .context import BatchView, DetectorMemory, DetectorSettings
+from .nonfinite_masks import holds_nonfinite
 from .pipeline import FORECAST_SERIES
 from .run_info import RunInfo
 
@@ -59,7 +59,9 @@ def steps_to_nonfinite(
     if not len(steps):
         return np.empty(0)
     info = RunInfo(run)
-    view = BatchView(info, Batch(_columns(steps, columns)), RunState(info, window), Settings(window=window))
+    view = BatchView(
+        info, Batch(_columns(steps, columns)), DetectorMemory(info, window), DetectorSettings(window=window)
+    )
     with np.errstate(all="ignore"):
         forecast = np.min([view.forecast(name) for name in FORECAST_SERIES], axis=0, initial=np.inf)
         return np.where(holds_nonfinite(view), 0.0, forecast)

@@ -50,15 +50,15 @@ class LossSpike:
         horizon = view.settings.horizon
         loss = float(view.current("loss")[i])
         step = int(view.batch.steps[i])
-        severity: Severity = "critical" if steps <= horizon else "warning"
-        if severity == "warning" and spike:
+        severity = Severity.CRITICAL if steps <= horizon else Severity.WARNING
+        if severity == Severity.WARNING and spike:
             median = float(view.median("loss")[i])
             message = f"loss {fmt(loss)} is {fmt(z)} robust σ above its recent median {fmt(median)}"
             message += f" (threshold z > {fmt(self.z_threshold)})"
             return Finding(
                 self.name, severity, step, None, z, self.z_threshold, message, SPIKE_REMEDY, forecast_or_none(steps)
             )
-        limit = horizon if severity == "critical" else self.warn_factor * horizon
+        limit = horizon if severity == Severity.CRITICAL else self.warn_factor * horizon
         growth = math.exp(float(view.last_increment("log_abs_loss")[i]))
         message = f"loss {fmt(loss)} growing ×{fmt(growth)} in the last step, forecast to overflow "
         message += f"{view.run.var_dtype} in {steps:.1f} steps (threshold ≤ {fmt(limit)} steps)"

@@ -16,7 +16,7 @@ import numpy as np
 from .base import fmt
 from .batch import FloatArray
 from .context import BatchView
-from .finding import Finding
+from .finding import Finding, Severity
 
 REMEDY = (
     "keep the loss scaler on and remove the overflow behind it: lower the learning rate, clip gradients with "
@@ -66,4 +66,4 @@ class LossScale:
             message += f" (threshold {self.halvings}); skipped steps do not train"
             value, threshold = float(count), float(self.halvings)
         step = int(view.batch.steps[i])
-        return Finding(self.name, "warning", step, None, value, threshold, message, REMEDY)
+        return Finding(self.name, Severity.WARNING, step, None, value, threshold, message, REMEDY)

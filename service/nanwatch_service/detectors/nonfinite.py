@@ -23,7 +23,8 @@ import numpy as np
 from .base import fmt
 from .batch import BoolArray
 from .context import BatchView
-from .finding import Finding
+from .finding import Finding, Severity
+from .nonfinite_masks import guard_skipped, holds_nonfinite, nonfinite_masks
 from .run_info import RunInfo
 from .series import max_finite_activation
 
@@ -64,7 +65,7 @@ class Nonfinite:
 
     def detect(self, view: BatchView) -> list[Finding]:
         """One critical finding per record holding a non-finite value."""
-        act, loss, (grads, _), weights = _masks(view)
+        act, loss, (grads, _), weights = nonfinite_masks(view)
         return [self._finding(view, int(i), act, loss, grads, weights) for i in np.flatnonzero(holds_nonfinite(view))]
 
     def _finding(
@@ -84,26 +85,9 @@ class Nonfinite:
             what, detail, remedy = "weights", "after the update", _WEIGHTS
         else:
             layer, what, detail, remedy = -1, "global gradient norm", "", _GRADS.format(name="the model")
-        if _guard_skipped(view)[i]:
+        if guard_skipped(view)[i]:
             detail += "; the update was skipped, the weights are unchanged"
         return _make(run, step, layer, what, detail, remedy, _affected(act[i], grads[i], weights[i]))
-
-
-def holds_nonfinite(view: BatchView) -> BoolArray:
-    """Per record: whether it holds a non-finite value this detector would report."""
-    act, loss, (grads, total), weights = _masks(view)
-    any_bad: BoolArray = act.any(axis=1) | loss | grads.any(axis=1) | total | weights.any(axis=1)
-    return any_bad | _guard_skipped(view)
-
-
-Masks = tuple[BoolArray, BoolArray, tuple[BoolArray, BoolArray], BoolArray]
-
-
-def _masks(view: BatchView) -> Masks:
-    """Non-finite activations, loss, (layer gradients, global gradient norm) and weights, once per batch."""
-    compute = lambda: (_bad_activations(view), _bad_loss(view), _bad_gradients(view), _bad_weights(view))  # noqa: E731
-    masks: Masks = view.memo("nonfinite", compute)
-    return masks
 
 
 def _make(run: RunInfo, step: int, layer: int, what: str, detail: str, remedy: str, affected: int) -> Finding:
@@ -111,56 +95,11 @@ def _make(run: RunInfo, step: int, layer: int, what: str, detail: str, remedy: s
     others = f"; {affected} layer(s) affected in all" if affected > 1 else ""
     message = f"non-finite {what} at step {step}{where} {detail}{others}".replace("  ", " ").strip()
     name = run.names[layer] if layer >= 0 else None
-    return Finding("nonfinite", "critical", step, name, 1.0, 0.0, message, remedy, 0.0)
+    return Finding("nonfinite", Severity.CRITICAL, step, name, 1.0, 0.0, message, remedy, 0.0)
 
 
 def _affected(act: BoolArray, grads: BoolArray, weights: BoolArray) -> int:
     return int((act | grads | weights).sum())
-
-
-def _bad_activations(view: BatchView) -> BoolArray:
-    """``act_frac_nonfinite`` above 0, or NaN (a client's light step: non-finite entries, share not measured),
-    or a non-finite max |x|."""
-    frac, present = view.batch.layer("act_frac_nonfinite")
-    max_abs, max_present = view.batch.layer("act_max_abs")
-    return (present[:, None] & ~(frac <= 0.0)) | (max_present[:, None] & ~np.isfinite(max_abs))
-
-
-def _bad_loss(view: BatchView) -> BoolArray:
-    loss, present = view.batch.scalar("loss")
-    return present & ~np.isfinite(loss)
-
-
-def _scaler_skipped(view: BatchView) -> BoolArray:
-    _, has_scale = view.batch.scalar("loss_scale")
-    return view.batch.skipped & has_scale
-
-
-def _guard_skipped(view: BatchView) -> BoolArray:
-    _, has_scale = view.batch.scalar("loss_scale")
-    guarded: BoolArray = view.batch.skipped & ~has_scale
-    return guarded
-
-
-def _bad_gradients(view: BatchView) -> tuple[BoolArray, BoolArray]:
-    total, total_present = view.batch.scalar("grad_norm")
-    normal = _scaler_skipped(view)
-    bad_total = total_present & ~np.isfinite(total) & ~normal
-    weighted = view.run.has_weights
-    if (total_present & np.isfinite(total)).all():  # the global norm is finite only if every gradient is
-        return np.zeros((view.n, view.run.n_layers), dtype=bool), bad_total
-    norm, present = view.batch.layer("grad_norm")
-    mean_abs, mean_present = view.batch.layer("grad_mean_abs")
-    bad = (present[:, None] & ~np.isfinite(norm)) | (mean_present[:, None] & ~np.isfinite(mean_abs))
-    return bad & weighted & ~normal[:, None], bad_total
-
-
-def _bad_weights(view: BatchView) -> BoolArray:
-    norm, present = view.batch.layer("weight_norm")
-    update, update_present = view.batch.layer("update_norm")
-    bad = (present[:, None] & ~np.isfinite(norm)) | (update_present[:, None] & ~np.isfinite(update))
-    bad_weights: BoolArray = bad & view.run.has_weights & ~_scaler_skipped(view)[:, None]
-    return bad_weights
 
 
 def _activation_origin(view: BatchView, i: int, layer: int) -> tuple[str, str, str]:

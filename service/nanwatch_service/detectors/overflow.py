@@ -65,7 +65,7 @@ class OverflowHeadroom:
         limit, dtype = float(run.act_limits[layer]), run.act_dtypes[layer]
         room = limit / value if value > 0 else np.inf
         imminent = steps <= view.settings.horizon or room < self.critical_headroom
-        severity: Severity = "critical" if imminent else "warning"
+        severity = Severity.CRITICAL if imminent else Severity.WARNING
         name = run.names[layer]
         message = (
             f"max |activation| of '{name}' is {fmt(value)}, {fmt(room)}× below the {dtype} limit "
@@ -89,5 +89,7 @@ class OverflowHeadroom:
             )
             remedy = "lower the learning rate (e.g. ÷10) and clip gradients with `clipnorm=1.0`"
             step = int(view.batch.steps[i])
-            findings.append(Finding(self.name, "warning", step, None, limit / value, self.headroom, message, remedy))
+            findings.append(
+                Finding(self.name, Severity.WARNING, step, None, limit / value, self.headroom, message, remedy)
+            )
         return findings

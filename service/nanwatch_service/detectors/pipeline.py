@@ -14,13 +14,14 @@ from .activations import DeadRelu, ZeroVariance
 from .amplification import Amplification
 from .base import Detector
 from .batch import Batch
-from .context import BatchView, RunState, Settings
+from .context import BatchView, DetectorMemory, DetectorSettings
 from .explosion import GradExplosion
 from .finding import Finding
 from .gradients import UpdateRatio, VanishingGradient
 from .loss import LossSpike
 from .loss_scale import LossScale
-from .nonfinite import Nonfinite, holds_nonfinite
+from .nonfinite import Nonfinite
+from .nonfinite_masks import holds_nonfinite
 from .overflow import OverflowHeadroom
 from .run_info import RunInfo
 from .saturation import Saturation
@@ -41,7 +42,7 @@ DEFAULT_DETECTORS: Final[tuple[Detector, ...]] = (
 """Every detector of the catalog with its default thresholds, in the order findings are listed."""
 
 Records = Sequence[Mapping[str, Any]] | StepColumns
-"""What a pipeline takes: a batch's columns, or protocol-1 records (tests, old stores)."""
+"""What a pipeline takes: a batch's columns, or protocol-1 records (tests, stores holding records one per row)."""
 
 FORECAST_SERIES: Final = ("log_grad_norm", "log_act_fraction", "log_abs_loss")
 """Growing quantities whose forecast makes up :attr:`Pipeline.steps_to_nonfinite`."""
@@ -66,8 +67,8 @@ class Pipeline:
     ) -> None:
         self.run = RunInfo(run)
         self.detectors = detectors
-        self.settings = Settings(horizon=horizon, window=window, min_history=min_history)
-        self._state = RunState(self.run, window)
+        self.settings = DetectorSettings(horizon=horizon, window=window, min_history=min_history)
+        self._memory = DetectorMemory(self.run, window)
         self._steps_to_nonfinite = math.inf
 
     def process(self, records: Records) -> list[Finding]:
@@ -82,7 +83,7 @@ class Pipeline:
         return sorted(findings, key=lambda finding: order[finding.step])
 
     def warm(self, records: Records) -> None:
-        """Rebuild the state from stored history (oldest first) without reporting anything."""
+        """Rebuild the run's history from stored records (oldest first) without reporting anything."""
         view = self._view(records)
         if view.n:
             with np.errstate(all="ignore"):
@@ -96,12 +97,12 @@ class Pipeline:
     @property
     def last_step(self) -> int | None:
         """The step of the last record processed or warmed."""
-        return self._state.last_step
+        return self._memory.last_step
 
     def _view(self, records: Records) -> BatchView:
-        return BatchView(self.run, Batch.of(records, self.run.n_layers), self._state, self.settings)
+        return BatchView(self.run, Batch.of(records, self.run.n_layers), self._memory, self.settings)
 
     def _advance(self, view: BatchView) -> None:
         forecasts = [float(view.forecast(name)[-1]) for name in FORECAST_SERIES]
         self._steps_to_nonfinite = 0.0 if holds_nonfinite(view)[-1] else min(forecasts)
-        self._state.append(view)
+        self._memory.append(view)

@@ -80,7 +80,7 @@ class Saturation:
 
     def _finding(self, view: BatchView, i: int, layer: int, share: float, margin: float, critical: bool) -> Finding:
         run, name = view.run, view.run.names[layer]
-        severity: Severity = "critical" if critical else "warning"
+        severity = Severity.CRITICAL if critical else Severity.WARNING
         warn_at, critical_at = self._margins(run.prob_eps)
         message = (
             f"{share:.1%} of the outputs of '{name}' ({run.activations[layer]}) are within 1e-7 of their "

@@ -5,8 +5,9 @@ arrive as :class:`IngestWrite` values, many at a time (group commit): :meth:`Sto
 them inside one ``with store.transaction():``, committed before any of their replies leaves, so whatever
 the service acknowledged survives a SIGKILL.
 
-Step history is stored in chunks of packed columns (see ``store.chunks``); event details and run specs are
-msgpack blobs: SQLite turns a NaN in a REAL column into NULL, and a blob keeps every float bit for bit.
+The rows it gives back are typed in ``store.rows``. Step history is stored in chunks of packed columns (see
+``store.chunks``); event details and run specs are msgpack blobs: SQLite turns a NaN in a REAL column into
+NULL, and a blob keeps every float bit for bit.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from nanwatch.columns import SCALAR_COLUMNS, StepColumns
 from nanwatch.fields import LAYER_FIELDS
 from nanwatch_service.store.chunks import StoredChunk
 from nanwatch_service.store.retention import Retention
+from nanwatch_service.store.rows import CommandRow, EventRow, RunCommandRow, RunHalt, RunRow, StepRow
 
-RUN_STATUSES = ("running", "halted", "finished", "stale")
-HEALTHS = ("ok", "warning", "critical")
 SERIES_FIELDS = (*SCALAR_COLUMNS, *(f"layers.{field}" for field in LAYER_FIELDS))
 """What :meth:`Store.read_series` reads: a record's scalars, and its per-layer statistics as ``layers.<name>``."""
 
@@ -60,7 +60,7 @@ class RunProgress:
     dropped: int
     attempt: str
     status: str | None = None
-    halt: dict[str, Any] | None = None
+    halt: RunHalt | None = None
     clear_halt: bool = False
     """The job recovered from the run's halt and carries on: its halt is cleared (``halt`` is ignored)."""
 
@@ -79,9 +79,9 @@ class IngestWrite:
     received_at: float
     columns: StepColumns
     progress: RunProgress | None = None
-    new_events: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
-    changed_events: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
-    new_commands: list[dict[str, Any]] = field(default_factory=list)
+    new_events: list[tuple[EventRow, EventRow]] = field(default_factory=list)
+    changed_events: list[tuple[EventRow, EventRow]] = field(default_factory=list)
+    new_commands: list[CommandRow] = field(default_factory=list)
     delivered: list[str] = field(default_factory=list)
     acks: list[tuple[str, int]] = field(default_factory=list)
 
@@ -106,7 +106,7 @@ class Store(Protocol):
     def upsert_run(self, run_id: str, spec: dict[str, Any], now: float) -> bool:
         """Register or update a run's spec; True when it was new."""
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
+    def get_run(self, run_id: str) -> RunRow | None:
         """The run row (spec decoded), or None."""
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -114,7 +114,7 @@ class Store(Protocol):
 
     def list_runs(
         self, *, status: str | None, team: str | None, stale_before: float, limit: int, offset: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[RunRow]:
         """Runs, newest first; ``stale_before`` is the last_seen cut-off that makes a running run stale."""
 
     def count_runs(self, team: str | None) -> int:
@@ -144,7 +144,7 @@ class Store(Protocol):
         after_seq: int,
         limit: int,
         fields: Sequence[str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[StepRow]:
         """Rows ``{seq, attempt, received_at, record}`` ordered by seq; ``fields`` keeps only those record
         fields (``step`` always; ``layers`` for every per-layer statistic)."""
 
@@ -185,10 +185,10 @@ class Store(Protocol):
         """
 
     # events
-    def insert_event(self, run_id: str, event: dict[str, Any]) -> int:
+    def insert_event(self, run_id: str, event: EventRow) -> int:
         """Store a new event; return its id."""
 
-    def update_event(self, run_id: str, event_id: int, event: dict[str, Any]) -> None:
+    def update_event(self, run_id: str, event_id: int, event: EventRow) -> None:
         """Replace an event's fields."""
 
     def list_events(
@@ -200,23 +200,23 @@ class Store(Protocol):
         detector: str | None = None,
         after_id: int = 0,
         limit: int = 1000,
-    ) -> list[dict[str, Any]]:
+    ) -> list[EventRow]:
         """Events ordered by id."""
 
     # commands
-    def insert_command(self, run_id: str, command: dict[str, Any]) -> None:
+    def insert_command(self, run_id: str, command: CommandRow) -> None:
         """Queue a command for the run."""
 
-    def active_halt(self, run_id: str) -> dict[str, Any] | None:
+    def active_halt(self, run_id: str) -> CommandRow | None:
         """The latest halt command, acknowledged or not, or None."""
 
-    def pending_commands(self, run_id: str) -> list[dict[str, Any]]:
+    def pending_commands(self, run_id: str) -> list[CommandRow]:
         """The run's commands not yet acknowledged, oldest first."""
 
-    def get_command(self, run_id: str, command_id: str) -> dict[str, Any] | None:
+    def get_command(self, run_id: str, command_id: str) -> CommandRow | None:
         """One command of the run, or None."""
 
-    def pending_halts(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def pending_halts(self, run_ids: Sequence[str]) -> dict[str, CommandRow]:
         """The latest unacknowledged halt of each of ``run_ids`` that has one, by run id."""
 
     def listen_commands(self, heard: Callable[[str, str], None]) -> Callable[[], None]:
@@ -224,7 +224,7 @@ class Store(Protocol):
         a new command; return the function that stops listening. A store shared by no other replica
         (SQLite) hears nothing: this replica knows its own commands."""
 
-    def unacked_commands(self) -> list[dict[str, Any]]:
+    def unacked_commands(self) -> list[RunCommandRow]:
         """Every command not yet acknowledged, with its ``run_id`` (how a replica learns of the halts
         another replica issued)."""
 

@@ -15,6 +15,7 @@ from nanwatch_service.store import chunks, retention
 from nanwatch_service.store.base import BIGGEST, Column, Steps, clamp
 from nanwatch_service.store.chunks import SEQ_STRIDE, StoredChunk
 from nanwatch_service.store.retention import ChunkInfo, Retention
+from nanwatch_service.store.rows import StepRow
 
 _PAGE: Final = 32
 """Chunk rows fetched at a time while reading history: reads stop as soon as they have what they need."""
@@ -52,10 +53,10 @@ class StepHistory:
         after_seq: int,
         limit: int,
         fields: Sequence[str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[StepRow]:
         """Rows ``{seq, attempt, received_at, record}`` ordered by seq (see the Store protocol)."""
         with_layers = fields is None or "layers" in fields
-        rows: list[dict[str, Any]] = []
+        rows: list[StepRow] = []
         for chunk in self._chunks(run_id, with_layers, start, end, attempt, first=clamp(after_seq) // SEQ_STRIDE):
             keep = _in_range(chunk.columns.steps, start, end) & (chunk.seqs > after_seq)
             picked = chunk.columns.take(keep)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,7 @@ import numpy.typing as npt
 from nanwatch import protocol
 from nanwatch.columns import StepColumns
 from nanwatch_service.store.chunks import StoredChunk
+from nanwatch_service.store.rows import EventRow
 
 GROUP_BYTES: Final = 32 << 20
 """Most stored bytes compacted at once (what one group holds in memory)."""
@@ -64,7 +65,7 @@ def near(steps: npt.NDArray[np.int64], points: Sequence[int], around: int) -> np
     return close
 
 
-def event_steps(events: Iterable[dict[str, Any]]) -> tuple[int, ...]:
+def event_steps(events: Iterable[EventRow]) -> tuple[int, ...]:
     """The steps of events whose neighbourhoods are kept."""
     steps: set[int] = set()
     for event in events:

@@ -15,13 +15,15 @@ import itertools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
 from nanwatch.columns import StepColumns
+from nanwatch.vocabulary import Health, RunStatus
 from nanwatch_service.store.base import IngestWrite, StoreError, clamp, rows_to_dicts
 from nanwatch_service.store.history import StepHistory
+from nanwatch_service.store.rows import CommandRow, EventRow, RunCommandRow, RunRow
 
 _RUN_COLUMNS = (
     "run_id",
@@ -171,8 +173,8 @@ class SqlStore(StepHistory):
                 self._reader.close()
 
     def _migrate_legacy_steps(self, legacy_exists: bool) -> None:
-        """Move a store written before step chunks (one ``steps`` row per record) into chunks, one per
-        request (consecutive rows of a run with the same attempt and arrival time), and drop the old table."""
+        """Move the rows of a per-record ``steps`` table (one row per record) into chunks, one per request
+        (consecutive rows of a run with the same attempt and arrival time), and drop that table."""
         if not legacy_exists:
             return
         with self.transaction():
@@ -198,8 +200,8 @@ class SqlStore(StepHistory):
             else:
                 self._execute(
                     "INSERT INTO runs (run_id, spec, team, created_at, updated_at, last_seen, status, health,"
-                    " steps_to_nonfinite, records, dropped) VALUES (?, ?, ?, ?, ?, ?, 'running', 'ok', ?, 0, 0)",
-                    (run_id, pack(spec), spec.get("team"), now, now, now, float("inf")),
+                    " steps_to_nonfinite, records, dropped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
+                    (run_id, pack(spec), spec.get("team"), now, now, now, RunStatus.RUNNING, Health.OK, float("inf")),
                 )
             return not exists
 
@@ -221,7 +223,7 @@ class SqlStore(StepHistory):
         sql = "SELECT run_id FROM runs WHERE last_seen < ? ORDER BY last_seen LIMIT ?"
         return [row["run_id"] for row in self._query(sql, (cutoff, limit), ("run_id",))]
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
+    def get_run(self, run_id: str) -> RunRow | None:
         """The run row with ``spec`` and ``halt`` decoded, or None."""
         rows = self._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,), _RUN_COLUMNS)
         return _decode_run(rows[0]) if rows else None
@@ -238,7 +240,7 @@ class SqlStore(StepHistory):
 
     def list_runs(
         self, *, status: str | None, team: str | None, stale_before: float, limit: int, offset: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[RunRow]:
         """Runs, most recently seen first, filtered by status (``stale`` derived from last_seen) and team."""
         where, params = _run_filters(status, team, stale_before)
         sql = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs{where} ORDER BY last_seen DESC, run_id LIMIT ? OFFSET ?"
@@ -270,7 +272,7 @@ class SqlStore(StepHistory):
         )
 
     # ---------------------------------------------------------------- events
-    def insert_event(self, run_id: str, event: dict[str, Any]) -> int:
+    def insert_event(self, run_id: str, event: EventRow) -> int:
         """Store a new event and return its id."""
         cursor = self._execute(
             "INSERT INTO events (run_id, detector, severity, layer, state, first_step, last_step, end_step, doc)"
@@ -279,7 +281,7 @@ class SqlStore(StepHistory):
         )
         return int(cursor.fetchone()[0])
 
-    def update_event(self, run_id: str, event_id: int, event: dict[str, Any]) -> None:
+    def update_event(self, run_id: str, event_id: int, event: EventRow) -> None:
         """Replace an event's fields."""
         self._execute(
             "UPDATE events SET detector = ?, severity = ?, layer = ?, state = ?, first_step = ?, last_step = ?,"
@@ -296,7 +298,7 @@ class SqlStore(StepHistory):
         detector: str | None = None,
         after_id: int = 0,
         limit: int = 1000,
-    ) -> list[dict[str, Any]]:
+    ) -> list[EventRow]:
         """Events ordered by id, with their details merged in."""
         sql = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE run_id = ? AND id > ?"
         params: list[Any] = [run_id, clamp(after_id)]
@@ -305,10 +307,10 @@ class SqlStore(StepHistory):
                 sql += f" AND {column} = ?"
                 params.append(value)
         rows = self._query(sql + " ORDER BY id LIMIT ?", (*params, limit), _EVENT_COLUMNS)
-        return [{**unpack(row.pop("doc")), **row} for row in rows]
+        return [cast(EventRow, {**unpack(row.pop("doc")), **row}) for row in rows]
 
     # ---------------------------------------------------------------- commands
-    def insert_command(self, run_id: str, command: dict[str, Any]) -> None:
+    def insert_command(self, run_id: str, command: CommandRow) -> None:
         """Queue a command (and tell the other replicas, once it is committed)."""
         columns, marks = ", ".join(_COMMAND_COLUMNS), ", ?" * len(_COMMAND_COLUMNS)
         with self.transaction():
@@ -325,21 +327,21 @@ class SqlStore(StepHistory):
         """Nothing to hear: no other replica writes this store."""
         return lambda: None
 
-    def active_halt(self, run_id: str) -> dict[str, Any] | None:
+    def active_halt(self, run_id: str) -> CommandRow | None:
         """The run's latest halt command (pending or acknowledged), or None."""
         rows = self._commands("run_id = ? AND action = 'halt' ORDER BY created_at DESC LIMIT 1", (run_id,))
         return rows[0] if rows else None
 
-    def pending_commands(self, run_id: str) -> list[dict[str, Any]]:
+    def pending_commands(self, run_id: str) -> list[CommandRow]:
         """The run's unacknowledged commands, oldest first."""
         return self._commands("run_id = ? AND acked_at IS NULL ORDER BY created_at", (run_id,))
 
-    def get_command(self, run_id: str, command_id: str) -> dict[str, Any] | None:
+    def get_command(self, run_id: str, command_id: str) -> CommandRow | None:
         """One command of the run, or None."""
         rows = self._commands("run_id = ? AND id = ?", (run_id, command_id))
         return rows[0] if rows else None
 
-    def pending_halts(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def pending_halts(self, run_ids: Sequence[str]) -> dict[str, CommandRow]:
         """The latest unacknowledged halt of each run that has one."""
         if not run_ids:
             return {}
@@ -347,15 +349,15 @@ class SqlStore(StepHistory):
         marks = ", ".join("?" * len(run_ids))
         sql = f"SELECT {', '.join(columns)} FROM commands WHERE run_id IN ({marks}) AND action = 'halt'"
         rows = self._query(f"{sql} AND acked_at IS NULL ORDER BY created_at", tuple(run_ids), columns)
-        return {row.pop("run_id"): row for row in rows}
+        return {row.pop("run_id"): cast(CommandRow, row) for row in rows}
 
-    def unacked_commands(self) -> list[dict[str, Any]]:
+    def unacked_commands(self) -> list[RunCommandRow]:
         """Every unacknowledged command, with its run_id."""
         columns = ("run_id", *_COMMAND_COLUMNS)
         sql = f"SELECT {', '.join(columns)} FROM commands WHERE acked_at IS NULL ORDER BY created_at"
-        return self._query(sql, (), columns)
+        return cast(list[RunCommandRow], self._query(sql, (), columns))
 
-    def ack_command(self, run_id: str, command_id: str, step: int, now: float) -> dict[str, Any] | None:
+    def ack_command(self, run_id: str, command_id: str, step: int, now: float) -> CommandRow | None:
         """Record where the job applied a command (the first acknowledgement wins)."""
         with self.transaction():
             self._execute(
@@ -364,10 +366,9 @@ class SqlStore(StepHistory):
             )
             return self.get_command(run_id, command_id)
 
-    def _commands(self, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        return self._query(
-            f"SELECT {', '.join(_COMMAND_COLUMNS)} FROM commands WHERE {where}", params, _COMMAND_COLUMNS
-        )
+    def _commands(self, where: str, params: Sequence[Any]) -> list[CommandRow]:
+        sql = f"SELECT {', '.join(_COMMAND_COLUMNS)} FROM commands WHERE {where}"
+        return cast(list[CommandRow], self._query(sql, params, _COMMAND_COLUMNS))
 
 
 def _progress_row(write: IngestWrite) -> tuple[Any, ...]:
@@ -390,21 +391,21 @@ def _progress_row(write: IngestWrite) -> tuple[Any, ...]:
     )
 
 
-def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
+def _decode_run(row: dict[str, Any]) -> RunRow:
     row["spec"] = unpack(row["spec"])
     row["halt"] = unpack(row["halt"])
-    return row
+    return cast(RunRow, row)
 
 
 def _run_filters(status: str | None, team: str | None, stale_before: float) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
-    if status == "stale":
-        clauses.append("status = 'running' AND last_seen < ?")
-        params.append(stale_before)
-    elif status == "running":
-        clauses.append("status = 'running' AND last_seen >= ?")
-        params.append(stale_before)
+    if status == RunStatus.STALE:
+        clauses.append("status = ? AND last_seen < ?")
+        params += [RunStatus.RUNNING, stale_before]
+    elif status == RunStatus.RUNNING:
+        clauses.append("status = ? AND last_seen >= ?")
+        params += [RunStatus.RUNNING, stale_before]
     elif status is not None:
         clauses.append("status = ?")
         params.append(status)
@@ -414,7 +415,7 @@ def _run_filters(status: str | None, team: str | None, stale_before: float) -> t
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _event_values(event: dict[str, Any]) -> tuple[Any, ...]:
+def _event_values(event: EventRow) -> tuple[Any, ...]:
     columns = ("detector", "severity", "layer", "state", "first_step", "last_step", "end_step")
     doc = {k: v for k, v in event.items() if k not in columns and k != "id"}
     return (*(event.get(c) for c in columns), pack(doc))

@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 """
 ADDED_COLUMNS = (("step_chunks", "compacted INTEGER NOT NULL DEFAULT 0"), ("commands", "sent_by TEXT"))
-"""Columns added since the first schema, for the stores created before them."""
+"""Columns that a store made by an earlier schema lacks: added when it opens."""
 INDEXES = "CREATE INDEX IF NOT EXISTS step_chunks_fresh ON step_chunks (run_id) WHERE compacted = 0;"
 
 
