@@ -16,6 +16,7 @@ Both bodies are parsed once and must hold the same samples. Prints the medians a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 from collections.abc import Iterator
@@ -65,18 +66,26 @@ class ClientCollector:
 
 def build(n_runs: int, n_layers: int) -> ServiceMetrics:
     """An engine holding ``n_runs`` active runs, each fed one step, and the service metrics over it."""
+    return asyncio.run(_build(n_runs, n_layers))
+
+
+async def _build(n_runs: int, n_layers: int) -> ServiceMetrics:
     engine = Engine(SqliteStore(":memory:"), Settings())
     metrics = ServiceMetrics(CollectorRegistry())
     metrics.attach(engine)
+    engine.start()
     layers = [
         {"name": f"dense_{i}", "kind": "Dense", "activation": "relu", "params": 4160, "dtype": "float16"}
         for i in range(n_layers)
     ]
-    for i in range(n_runs):
-        run_id = f"run-{i:05d}"
-        spec = {"name": run_id, "team": f"team-{i % 25}", "dtype_policy": "mixed_float16", "layers": layers}
-        engine.register(run_id, protocol.decode_run(spec))
-        engine.ingest(run_id, protocol.decode_batch({"records": [_record(i, n_layers)]}, n_layers))
+    try:
+        for i in range(n_runs):
+            run_id = f"run-{i:05d}"
+            spec = {"name": run_id, "team": f"team-{i % 25}", "dtype_policy": "mixed_float16", "layers": layers}
+            engine.register(run_id, protocol.decode_run(spec))
+            await engine.ingest(await engine.state(run_id), {"records": [_record(i, n_layers)]})
+    finally:
+        engine.close()
     return metrics
 
 
