@@ -10,12 +10,10 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 
-class RunHalt(TypedDict):
-    """A run's halt as the run row keeps it: the command, who sent it, and where the job stopped."""
+class HaltFields(TypedDict):
+    """What a halt command and a run's halt both say: why, from where, who sent it, where to stop, and how
+    far it got."""
 
-    command_id: str
-    state: str
-    """A :class:`~nanwatch.vocabulary.HaltState`: pending until the job acknowledged it."""
     reason: str
     source: str
     step: int | None
@@ -25,6 +23,14 @@ class RunHalt(TypedDict):
     acked_step: int | None
     acked_at: float | None
     sent_by: str | None
+
+
+class RunHalt(HaltFields):
+    """A run's halt as the run row keeps it: the command, who sent it, and where the job stopped."""
+
+    command_id: str
+    state: str
+    """A :class:`~nanwatch.vocabulary.HaltState`: pending until the job acknowledged it."""
 
 
 class RunRow(TypedDict):
@@ -91,20 +97,11 @@ class EventRow(_EventFields, total=False):
     """An Alertmanager notification, as received."""
 
 
-class CommandRow(TypedDict):
+class CommandRow(HaltFields):
     """A command for a run's job (a halt): what, why, who, where to stop, and how far it got."""
 
     id: str
     action: str
-    reason: str
-    source: str
-    step: int | None
-    at_step: int
-    created_at: float
-    delivered_at: float | None
-    acked_at: float | None
-    acked_step: int | None
-    sent_by: str | None
 
 
 class RunCommandRow(CommandRow):
