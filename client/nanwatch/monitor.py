@@ -84,6 +84,7 @@ class Monitor:
         self.run_id = self._choose_run_id(run_id)
         self.attempt = f"{os.getpid()}-{secrets.token_hex(6)}"
         self.halted: Halt | None = None
+        self.announce_halts = True  # log each halt as it falls due (a caller that may recover logs its own)
         token = os.environ.get("NANWATCH_TOKEN") if token is None else token
         self._transport = transport if transport is not None else HttpTransport(self.url, token=token)
         self._outbox = Outbox(buffer_size, max_batch)
@@ -249,6 +250,11 @@ class Monitor:
     def _halt(self, halt: Halt) -> None:
         if self.halted is None:
             self.halted = halt
+        if self.announce_halts:
+            self.announce(halt)
+
+    def announce(self, halt: Halt) -> None:
+        """Log that the job halts at ``halt`` (one warning)."""
         self._log.warning(
             "nanwatch: halting run %s at step %d: %s (%s)", self.run_id, halt.step, halt.reason, halt.source
         )

@@ -8,6 +8,7 @@ data (S3's division by a zero variance) comes back whatever the learning rate, a
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 
@@ -73,3 +74,23 @@ def test_a_nan_from_the_code_comes_back_and_is_halted_after_max_recoveries(url: 
     assert [e["details"]["recovery"] for e in outcome.recoveries] == [1, 2], _describe(outcome)
     assert outcome.stopped_at is not None and outcome.weights_finite_at_stop, _describe(outcome)
     assert outcome.status == "halted"
+
+
+def test_a_run_that_recovers_logs_its_recoveries_and_never_says_it_is_halting(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="nanwatch")
+    outcome = run_with_nanwatch("S5", url, recover=True)
+    messages = [record.getMessage() for record in caplog.records if record.name.startswith("nanwatch")]
+    assert outcome.stopped_at is None and outcome.recoveries, _describe(outcome)
+    assert any("recover" in message for message in messages), messages
+    assert not any("halting run" in message for message in messages), messages
+
+
+def test_a_run_halted_after_its_recoveries_says_so_once(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="nanwatch")
+    outcome = run_with_nanwatch("S3", url, recover=True, max_recoveries=2)
+    messages = [record.getMessage() for record in caplog.records if record.name.startswith("nanwatch")]
+    assert outcome.stopped_at is not None, _describe(outcome)
+    halting = [message for message in messages if "halting run" in message]
+    assert len(halting) == 1 and "(detector)" in halting[0], messages

@@ -175,6 +175,8 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
                 self._recovery = Recovery(self.model, **self._recovery_options)
             self._recovery.install()  # before the step is traced
         self._instrumentation = self._instrument()
+        # under recovery a halt that falls due may be answered by a recovery: say "halting" only on a stop
+        self.monitor.announce_halts = self._recovery is None
         if self._recovery is not None:
             self._recovery.snapshot(before_step=self._step)
 
@@ -283,6 +285,8 @@ class NanWatchCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras
 
     def _stop(self, halt: Halt) -> None:
         self.halted = halt
+        if not self.monitor.announce_halts:
+            self.monitor.announce(halt)
         if self.save_on_halt:
             self._save(str(self.save_on_halt).replace("{step}", str(halt.step)))
         self.model.stop_training = True
