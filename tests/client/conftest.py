@@ -19,12 +19,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
 from nanwatch import Monitor, protocol
+from tests.loopback import LoopbackServer
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Request:
         return self.path.split("/")[3]
 
 
-class FakeService:
+class FakeService(LoopbackServer):
     """The service's ingest side: ``PUT /v1/runs/{id}`` and ``POST /v1/runs/{id}/steps``."""
 
     def __init__(self, port: int = 0) -> None:
@@ -54,25 +55,7 @@ class FakeService:
         self.keep_acked_commands = False  # True: re-send commands even after their ack (a lagging replica)
         self.lock = threading.Condition()
         self.polls: list[tuple[str, list[dict[str, Any]]]] = []  # command channel answers: (run id, commands)
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self._server.fake = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-nanwatch", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeService:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+        super().__init__(_Handler, port, name="fake-nanwatch")
 
     def queue_command(self, run_id: str, reason: str = "stop now", **fields: Any) -> str:
         command = {"id": uuid.uuid4().hex[:16], "action": "halt", "reason": reason, "source": "operator"}
@@ -180,7 +163,7 @@ class FakeService:
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        fake: FakeService = self.server.fake  # type: ignore[attr-defined]
+        fake: FakeService = self.server.owner  # type: ignore[attr-defined]
         self._send(*fake.poll(self.path))
 
     def do_PUT(self) -> None:
@@ -192,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, method: str) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         headers = {k.lower(): v for k, v in self.headers.items()}
-        fake: FakeService = self.server.fake  # type: ignore[attr-defined]
+        fake: FakeService = self.server.owner  # type: ignore[attr-defined]
         self._send(*fake.handle(method, self.path, headers, raw))
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:

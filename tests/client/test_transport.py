@@ -5,17 +5,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from nanwatch import Monitor, protocol
 from nanwatch.transport import HttpTransport, MockTransport, Reply, Request
 from tests.conftest import wait_until
+from tests.loopback import LoopbackServer
 
 from .conftest import FakeService, LogCapture
 
 
-class KeepAliveServer:
+class KeepAliveServer(LoopbackServer):
     """HTTP/1.1 on 127.0.0.1 that counts the TCP connections it accepts; ``close_after`` answers close the
     connection after that many requests on it (as a server dropping idle keep-alive connections does)."""
 
@@ -46,18 +47,7 @@ class KeepAliveServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-
-    def __enter__(self) -> KeepAliveServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+        super().__init__(Handler, name="keep-alive-server")
 
 
 def test_requests_of_one_thread_share_one_kept_alive_connection() -> None:

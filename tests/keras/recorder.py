@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from nanwatch import protocol
+from tests.loopback import LoopbackServer
 
 
-class Recorder:
+class Recorder(LoopbackServer):
     """``PUT /v1/runs/{id}`` and ``POST /v1/runs/{id}/steps`` on a free port; replies with no commands.
 
     ``runs`` keeps the decoded registrations by run id, ``batches`` the decoded step batches as
@@ -22,23 +23,12 @@ class Recorder:
         self.batches: list[tuple[str, dict[str, Any]]] = []
         self.commands: list[dict[str, Any]] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        super().__init__(_handler(self), name="recorder")
 
     def records(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """The step records received (for ``run_id`` only, when given), in arrival order."""
         with self.lock:
             return [r for run, batch in self.batches if run_id in (None, run) for r in batch["records"]]
-
-    def __enter__(self) -> Recorder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
 
 
 def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
