@@ -91,16 +91,23 @@ class BatchView:
         """Robust z of each record's ``name`` against the trailing window (NaN during warm-up)."""
         key = (name, scale_floor, relative_floor)
         if key not in self._z:
-            settings = self.settings
-            self._z[key] = robust.robust_z(
-                self.series(name),
-                self.n,
-                settings.window,
-                min_history=settings.min_history,
-                scale_floor=scale_floor,
-                relative_floor=relative_floor,
-            )
+            self._z[key] = self._robust_z(name, scale_floor, relative_floor)
         return self._z[key]
+
+    def _robust_z(
+        self, name: str, scale_floor: float, relative_floor: float, only: BoolArray | None = None
+    ) -> FloatArray:
+        """:func:`robust.robust_z` of ``name`` with this view's window (for the records ``only`` keeps)."""
+        settings = self.settings
+        return robust.robust_z(
+            self.series(name),
+            self.n,
+            settings.window,
+            min_history=settings.min_history,
+            scale_floor=scale_floor,
+            relative_floor=relative_floor,
+            only=only,
+        )
 
     def spike(self, name: str, threshold: float, scale_floor: float, relative_floor: float = 0.0) -> BoolArray:
         """Per record: robust z of ``name`` above ``threshold`` and the value past the window's tail
@@ -112,20 +119,11 @@ class BatchView:
         candidates = self._may_pass_tail(name)
         if not candidates.any():
             return candidates
-        settings = self.settings
-        z = robust.robust_z(
-            self.series(name),
-            self.n,
-            settings.window,
-            min_history=settings.min_history,
-            scale_floor=scale_floor,
-            relative_floor=relative_floor,
-            only=candidates,
-        )
+        z = self._robust_z(name, scale_floor, relative_floor, only=candidates)
         spike: BoolArray = z > threshold
         rows = np.flatnonzero(spike)
         if len(rows):
-            spike[rows] = robust.beyond_tail(self.series(name), self.n, settings.window, rows)
+            spike[rows] = robust.beyond_tail(self.series(name), self.n, self.settings.window, rows)
         return spike
 
     def _may_pass_tail(self, name: str) -> BoolArray:
