@@ -77,9 +77,12 @@ class GroupCommitter:
                 failure = StoreError(f"writing failed: {type(exc).__name__}: {exc}")
             else:
                 self.on_commit(time.perf_counter() - started)
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for _, done, loop in group:
+                by_loop.setdefault(loop, []).append(done)
+            for loop, futures in by_loop.items():  # one wake-up of each loop, however many requests it holds
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
-                    loop.call_soon_threadsafe(_settle, done, failure)
+                    loop.call_soon_threadsafe(_settle, futures, failure)
 
     def _take(self) -> list[_Waiting]:
         with self._cond:
@@ -88,10 +91,11 @@ class GroupCommitter:
             return [self._queue.popleft() for _ in range(count)]
 
 
-def _settle(done: asyncio.Future[None], failure: BaseException | None) -> None:
-    if done.done():  # the request was cancelled (its client went away); the write stands
-        return
-    if failure is None:
-        done.set_result(None)
-    else:
-        done.set_exception(failure)
+def _settle(futures: list[asyncio.Future[None]], failure: BaseException | None) -> None:
+    for done in futures:
+        if done.done():  # the request was cancelled (its client went away); the write stands
+            continue
+        if failure is None:
+            done.set_result(None)
+        else:
+            done.set_exception(failure)
