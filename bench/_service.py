@@ -55,6 +55,11 @@ def serving(
             proc.wait(timeout=30)
 
 
+def port_of(url: str) -> int:
+    """The port of a ``http://127.0.0.1:PORT`` URL."""
+    return int(url.rsplit(":", 1)[1])
+
+
 def wait_for_port(port: int, timeout: float) -> None:
     """Return once something listens on 127.0.0.1:``port``; RuntimeError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

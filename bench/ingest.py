@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._load import Connection, HttpError, Job, Tally, drive
-from bench._service import free_port, serving, wait_for_port
+from bench._service import free_port, port_of, serving, wait_for_port
 from bench.detector_throughput import make_records, make_run
 from nanwatch import protocol
 from nanwatch.columns import StepColumns
@@ -91,7 +91,7 @@ class Batches:
 
 def nanwatch_jobs(url: str, batches: Batches, count: int, prefix: str) -> list[Job]:
     """``count`` registered runs, one job each."""
-    port = int(url.rsplit(":", 1)[1])
+    port = port_of(url)
     registration = protocol.dumps({**batches.run, "name": "bench", "team": "bench"}, protocol.MSGPACK)
     run_ids = [f"{prefix}-{i}" for i in range(count)]
 
@@ -221,7 +221,7 @@ def measure(target: str, args: argparse.Namespace, batches: Batches, rep: int) -
     if target.startswith("nanwatch"):
         with nanwatch_url(target) as url:
             jobs = nanwatch_jobs(url, batches, args.jobs, f"{target}-{rep}")
-            return asyncio.run(drive(int(url.rsplit(":", 1)[1]), jobs, seconds=args.seconds))
+            return asyncio.run(drive(port_of(url), jobs, seconds=args.seconds))
     heavy = target == "mlflow-heavy"
     with mlflow_server(args.mlflow_venv) as port:
         metrics = batches.values_per_step() if heavy else LIGHT_METRICS
@@ -245,7 +245,7 @@ def paced(args: argparse.Namespace, batches: Batches) -> Tally:
     interval = args.jobs * args.batch / args.paced
     with serving() as (url, _):
         jobs = nanwatch_jobs(url, batches, args.jobs, "paced")
-        return asyncio.run(drive(int(url.rsplit(":", 1)[1]), jobs, seconds=args.seconds, interval=interval))
+        return asyncio.run(drive(port_of(url), jobs, seconds=args.seconds, interval=interval))
 
 
 def resident_memory(args: argparse.Namespace, batches: Batches) -> tuple[float, float]:
@@ -256,7 +256,7 @@ def resident_memory(args: argparse.Namespace, batches: Batches) -> tuple[float, 
         sends = -(-150 // args.batch)
 
         async def feed() -> None:
-            port = int(url.rsplit(":", 1)[1])
+            port = port_of(url)
             queue = list(enumerate(jobs))
 
             async def worker() -> None:

@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._load import Connection
-from bench._service import cpu_seconds, postgres_cpu_seconds, serving
+from bench._service import cpu_seconds, port_of, postgres_cpu_seconds, serving
 from bench.ingest import Batches, postgres_url
 from nanwatch import protocol
 from nanwatch.columns import StepColumns
@@ -287,14 +287,10 @@ def main() -> None:
             serving(database_url=url, profile=profiles[1]) as (b_url, b),
         ):
             pids = {"replica A": a.pid, "replica B": b.pid}
-            results = asyncio.run(run_load(_port(a_url), _port(b_url), pids, args))
+            results = asyncio.run(run_load(port_of(a_url), port_of(b_url), pids, args))
         report(results, args)
         if profiles[0] is not None:
             print_profile(profiles[0])
-
-
-def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
 
 
 if __name__ == "__main__":
